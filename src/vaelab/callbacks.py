@@ -1,0 +1,168 @@
+"""Lightning callbacks that render the VAE's figures. They orchestrate: the maths is in
+``vaelab.latent`` and the drawing in ``vaelab.plotting``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from vaelab.latent import encode_dataset, interpolate, project_2d
+from vaelab.plotting import (
+    grid_figure,
+    image_grid,
+    latent_space_figure,
+    save_figure,
+    training_curves_figure,
+)
+
+
+def _first_loader(loaders):
+    return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+
+
+def _tensorboards(trainer: L.Trainer):
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+class VAEFigures(L.Callback):
+    """Every validation epoch, logs to TensorBoard ``val/reconstructions`` (a fixed batch,
+    originals above reconstructions), ``val/samples`` (a fixed z, so epochs compare),
+    ``val/interpolation`` (between two test images of different digits) and
+    ``val/latent_space`` (mu of the validation set coloured by digit, PCA when latent_dim > 2).
+    At the end of fit, writes the same as PNGs into ``figure_dir``."""
+
+    def __init__(
+        self,
+        figure_dir: str | None = None,
+        num_reconstructions: int = 8,
+        num_samples: int = 64,
+        interpolation_steps: int = 10,
+        max_latent_points: int = 5000,
+        seed: int = 0,
+    ) -> None:
+        self.figure_dir = Path(figure_dir) if figure_dir else None
+        self.num_reconstructions = num_reconstructions
+        self.num_samples = num_samples
+        self.interpolation_steps = interpolation_steps
+        self.max_latent_points = max_latent_points
+        self.seed = seed
+        self._fixed: dict[str, torch.Tensor] | None = None
+
+    def _fixed_inputs(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """The reconstruction batch, the sample noise and the interpolation pair, chosen once."""
+        if self._fixed is None:
+            x_val, _ = next(iter(_first_loader(trainer.val_dataloaders)))
+            dm = trainer.datamodule
+            pair_loader = dm.test_dataloader() if dm is not None else trainer.val_dataloaders
+            x_test, y_test = next(iter(_first_loader(pair_loader)))
+            other = int((y_test != y_test[0]).nonzero()[0]) if (y_test != y_test[0]).any() else 1
+            gen = torch.Generator().manual_seed(self.seed)
+            self._fixed = {
+                "recon": x_val[: self.num_reconstructions].cpu(),
+                "z": torch.randn(self.num_samples, pl_module.net.latent_dim, generator=gen),
+                "pair": torch.stack([x_test[0], x_test[other]]).cpu(),
+            }
+        return {k: v.to(pl_module.device) for k, v in self._fixed.items()}
+
+    @torch.no_grad()
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        """Image grids [C, H, W] and the latent points of the current model."""
+        net = pl_module.net
+        fixed = self._fixed_inputs(trainer, pl_module)
+        x = fixed["recon"]
+        recon = net.decode(net.encode(x)[0])
+        mu_pair, _ = net.encode(fixed["pair"])
+        path = interpolate(mu_pair[0], mu_pair[1], self.interpolation_steps)
+        mu, labels = encode_dataset(
+            net, _first_loader(trainer.val_dataloaders), self.max_latent_points
+        )
+        nrow = math.ceil(math.sqrt(self.num_samples))
+        return {
+            "reconstructions": image_grid(torch.cat([x, recon]), nrow=len(x)),
+            "samples": image_grid(net.decode(fixed["z"]), nrow=nrow),
+            "interpolation": image_grid(net.decode(path), nrow=self.interpolation_steps),
+            "latent_points": project_2d(mu),
+            "latent_labels": labels,
+        }
+
+    def _latent_figure(self, out: dict, pl_module: L.LightningModule, epoch: int):
+        how = "latent dims 1-2" if pl_module.net.latent_dim <= 2 else "PCA of mu"
+        return latent_space_figure(
+            out["latent_points"], out["latent_labels"], f"Latent space ({how}), epoch {epoch}"
+        )
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        writers = _tensorboards(trainer)
+        if not writers:
+            return
+        out = self.render(trainer, pl_module)
+        epoch = trainer.current_epoch
+        for writer in writers:
+            for name in ("reconstructions", "samples", "interpolation"):
+                writer.add_image(f"val/{name}", out[name], global_step=epoch)
+            writer.add_figure(
+                "val/latent_space", self._latent_figure(out, pl_module, epoch), global_step=epoch
+            )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.figure_dir is None or not trainer.is_global_zero:
+            return
+        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        pl_module.eval()
+        out = self.render(trainer, pl_module)
+        epoch = trainer.current_epoch
+        titles = {
+            "reconstructions": "Originals (top) and reconstructions (bottom)",
+            "samples": "Samples from the prior",
+            "interpolation": "Interpolation between two test digits",
+        }
+        for name, title in titles.items():
+            save_figure(grid_figure(out[name], title), self.figure_dir / f"{name}.png")
+        save_figure(
+            self._latent_figure(out, pl_module, epoch), self.figure_dir / "latent_space.png"
+        )
+
+
+class TrainingCurves(L.Callback):
+    """Keeps the per-epoch train and val metrics and writes ``training_curves.png`` at the end
+    of fit. Epochs are counted from 1. An epoch is recorded once it is complete (when the next
+    starts, or training ends),
+    since the LightningModule logs its train means after the callbacks' epoch-end hooks."""
+
+    def __init__(self, figure_dir: str | None = None, prefixes=("train/", "val/")) -> None:
+        self.figure_dir = Path(figure_dir) if figure_dir else None
+        self.prefixes = tuple(prefixes)
+        self.history: list[dict[str, float]] = []
+
+    def _record(self, trainer: L.Trainer, epochs_done: int) -> None:
+        if epochs_done < 1 or any(h["epoch"] == epochs_done for h in self.history):
+            return
+        row = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefixes)
+        }
+        if row:
+            self.history.append({"epoch": epochs_done, **row})
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.figure_dir is None or not trainer.is_global_zero or not self.history:
+            return
+        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        save_figure(training_curves_figure(self.history), self.figure_dir / "training_curves.png")
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,40 @@
+"""Latent-space maths used by the figures: encoding a data set, PCA, interpolation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def encode_dataset(
+    net: nn.Module, loader, max_items: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means mu [N, latent_dim] and labels [N] of the batches (x, y) of ``loader``."""
+    mus, labels, seen = [], [], 0
+    for x, y in loader:
+        x = x.to(next(net.parameters()).device)
+        mu, _ = net.encode(x)
+        mus.append(mu.float().cpu())
+        labels.append(y.cpu())
+        seen += len(y)
+        if max_items is not None and seen >= max_items:
+            break
+    mu, y = torch.cat(mus), torch.cat(labels)
+    return (mu[:max_items], y[:max_items]) if max_items is not None else (mu, y)
+
+
+def project_2d(points: torch.Tensor) -> torch.Tensor:
+    """[N, D] -> [N, 2]: the points themselves when D <= 2, else their first two principal
+    components (PCA by SVD of the centred points)."""
+    if points.shape[1] <= 2:
+        return torch.nn.functional.pad(points, (0, 2 - points.shape[1]))
+    centred = points - points.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].T
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
+    """Linear path from z0 to z1 (each [D]) in ``steps`` points, endpoints included: [steps, D]."""
+    t = torch.linspace(0, 1, steps, device=z0.device, dtype=z0.dtype).unsqueeze(1)
+    return (1 - t) * z0 + t * z1
