@@ -32,11 +32,13 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def quiet_known_warnings() -> None:
-    """Silence Lightning's advice that does not apply to in-memory batches."""
+    """Silence Lightning's advice that does not apply to in-memory batches, and its
+    deprecation notice about torch 2.13's pytree API (not ours to fix)."""
     for pattern in (
         ".*does not have many workers.*",
         ".*`num_workers`.*",
         ".*Trying to infer the `batch_size`.*",
+        r".*isinstance\(treespec, LeafSpec\).*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 

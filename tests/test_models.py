@@ -1,0 +1,50 @@
+"""The VAE nn.Module: shapes, ranges, configurability, no Lightning."""
+
+import subprocess
+import sys
+
+import torch
+
+from vaelab.models import VAE
+
+
+def test_default_architecture_is_784_256_256_32():
+    net = VAE()
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = [(m.in_features, m.out_features) for m in linears]
+    assert shapes == [(784, 256), (256, 256), (256, 64), (32, 256), (256, 256), (256, 784)]
+
+
+def test_forward_shapes_and_decode_range():
+    net = VAE(hidden_dims=[64, 32], latent_dim=4)
+    x = torch.rand(7, 1, 28, 28)
+    out = net(x)
+    assert out.logits.shape == (7, 1, 28, 28)
+    assert out.mu.shape == out.logvar.shape == out.z.shape == (7, 4)
+    images = net.decode(out.z)
+    assert images.shape == (7, 1, 28, 28)
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def test_reparameterize_uses_mu_and_sigma():
+    mu, logvar = (
+        torch.full((20000, 1), 3.0),
+        torch.full((20000, 1), 2 * torch.log(torch.tensor(0.5))),
+    )
+    z = VAE.reparameterize(mu, logvar)
+    assert abs(z.mean().item() - 3.0) < 0.02
+    assert abs(z.std().item() - 0.5) < 0.02
+
+
+def test_sample_is_reproducible_with_a_generator():
+    net = VAE(latent_dim=3)
+    a = net.sample(5, generator=torch.Generator().manual_seed(1))
+    b = net.sample(5, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(a, b)
+
+
+def test_models_module_does_not_import_lightning():
+    code = "import sys, vaelab.models; print('lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,100 @@
+"""``python train.py`` as a user runs it, on synthetic MNIST-format data."""
+
+import csv
+import json
+import math
+
+import pytest
+from conftest import run_script, synthetic_overrides
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vaelab.module import VAELitModule
+
+FIGURES = ["training_curves", "reconstructions", "samples", "interpolation", "latent_space"]
+SCALARS = [f"{s}/{t}" for s in ("train", "val", "test") for t in ("loss", "recon", "kl")]
+IMAGES = ["val/reconstructions", "val/samples", "val/interpolation", "val/latent_space"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic_root, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    result = run_script("train.py", synthetic_overrides(synthetic_root, log_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (log_dir / "train" / "runs").iterdir()
+    return run
+
+
+def test_tensorboard_has_scalar_and_image_tags(run_dir):
+    tags = {"scalars": set(), "images": set()}
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    assert set(SCALARS) <= tags["scalars"]
+    assert set(IMAGES) <= tags["images"]
+
+
+def test_images_are_logged_every_epoch(run_dir):
+    (events,) = [
+        e
+        for e in (run_dir / "tensorboard").glob("events.out.tfevents.*")
+        if (acc := EventAccumulator(str(e), size_guidance={"images": 0})).Reload()
+        and "val/samples" in acc.Tags()["images"]
+    ]
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("val/samples")] == [0, 1]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_png_exists_and_decodes(run_dir, name):
+    with Image.open(run_dir / "figures" / f"{name}.png") as image:
+        image.verify()
+        assert image.format == "PNG" and min(image.size) > 50
+
+
+def test_metrics_json_is_complete_and_finite(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test/loss", "test/recon", "test/kl", "val/loss", "fit_seconds"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["epochs"] == 2
+    assert metrics["test/loss"] == pytest.approx(
+        metrics["test/recon"] + metrics["test/kl"], rel=1e-5
+    )
+
+
+def test_best_and_last_checkpoints_load_without_config(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    model = VAELitModule.load_from_checkpoint(metrics["best_checkpoint"])
+    assert model.hparams.latent_dim == 32 and model.net.latent_dim == 32
+
+
+def test_multirun_writes_a_summary_with_one_row_per_job(synthetic_root, tmp_path):
+    args = ["model.latent_dim=2,4", "trainer.max_epochs=1"]
+    result = run_script("train.py", ["-m", *synthetic_overrides(synthetic_root, tmp_path), *args])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model.latent_dim"] for r in rows] == ["2", "4"]
+    assert all(math.isfinite(float(r["test/loss"])) and r["status"] == "ok" for r in rows)
+    assert "| model.latent_dim |" in (sweep / "summary.md").read_text()
+    with Image.open(sweep / "summary.png") as image:
+        image.verify()
+
+
+def test_missing_data_fails_with_one_line_before_training(tmp_path):
+    overrides = [
+        f"paths.data_dir={tmp_path / 'empty'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "data.mirrors=[http://127.0.0.1:9]",
+    ]
+    result = run_script("train.py", overrides)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "Traceback" not in result.stderr
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in error_lines[0]
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))
