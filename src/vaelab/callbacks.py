@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,14 @@ from vaelab.plotting import (
 
 def _first_loader(loaders):
     return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+
+
+def _val_loader(trainer: L.Trainer):
+    """The validation loader, from the datamodule when the Trainer has none
+    (``limit_val_batches=0``)."""
+    if trainer.val_dataloaders is not None:
+        return _first_loader(trainer.val_dataloaders)
+    return trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
 
 
 def _tensorboards(trainer: L.Trainer):
@@ -55,10 +64,10 @@ class VAEFigures(L.Callback):
     def _fixed_inputs(self, trainer: L.Trainer, pl_module: L.LightningModule):
         """The reconstruction batch, the sample noise and the interpolation pair, chosen once."""
         if self._fixed is None:
-            x_val, _ = next(iter(_first_loader(trainer.val_dataloaders)))
+            x_val, _ = next(iter(_val_loader(trainer)))
             dm = trainer.datamodule
-            pair_loader = dm.test_dataloader() if dm is not None else trainer.val_dataloaders
-            x_test, y_test = next(iter(_first_loader(pair_loader)))
+            pair_loader = dm.test_dataloader() if dm is not None else _val_loader(trainer)
+            x_test, y_test = next(iter(pair_loader))
             other = int((y_test != y_test[0]).nonzero()[0]) if (y_test != y_test[0]).any() else 1
             gen = torch.Generator().manual_seed(self.seed)
             self._fixed = {
@@ -77,9 +86,7 @@ class VAEFigures(L.Callback):
         recon = net.decode(net.encode(x)[0])
         mu_pair, _ = net.encode(fixed["pair"])
         path = interpolate(mu_pair[0], mu_pair[1], self.interpolation_steps)
-        mu, labels = encode_dataset(
-            net, _first_loader(trainer.val_dataloaders), self.max_latent_points
-        )
+        mu, labels = encode_dataset(net, _val_loader(trainer), self.max_latent_points)
         nrow = math.ceil(math.sqrt(self.num_samples))
         return {
             "reconstructions": image_grid(torch.cat([x, recon]), nrow=len(x)),
@@ -111,7 +118,7 @@ class VAEFigures(L.Callback):
             )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.figure_dir is None or not trainer.is_global_zero:
+        if self.figure_dir is None or not trainer.is_global_zero or _val_loader(trainer) is None:
             return
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         pl_module.eval()
@@ -166,3 +173,24 @@ class TrainingCurves(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class EpochThroughput(L.Callback):
+    """Times the training batches of each epoch (validation and figures excluded) and logs
+    ``train/samples_per_sec``. ``records`` keeps (epoch, samples, seconds) for benchmarks."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, int, float]] = []
+        self._start = 0.0
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._samples = 0
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._samples += len(batch[0])
+        if trainer.is_last_batch:
+            seconds = time.perf_counter() - self._start
+            self.records.append((trainer.current_epoch, self._samples, seconds))
+            pl_module.log("train/samples_per_sec", self._samples / seconds, logger=True)

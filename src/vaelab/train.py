@@ -43,20 +43,31 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model described by ``cfg``, test its best checkpoint, return the metrics."""
+def setup_runtime(cfg: DictConfig) -> None:
+    """Process-wide settings: warnings, denormal flushing, seeds."""
     quiet_known_warnings()
     if cfg.get("flush_denormal", True):
         torch.set_flush_denormal(True)  # denormals in Adam's state slow CPU epochs by ~20 %
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate the data module (and find its files), the model and the Trainer with its
+    callbacks and loggers. Missing or broken data fails here, before the model is built."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()  # missing or broken data fails here, before anything is built
+    datamodule.prepare_data()
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model described by ``cfg``, test its best checkpoint, return the metrics."""
+    setup_runtime(cfg)
+    datamodule, model, trainer = build(cfg)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

@@ -1,0 +1,199 @@
+"""Training and evaluation throughput of vaelab against the reference script, side by side.
+
+    python scripts/benchmark.py [--epochs 3] [--rounds 1] [--data-root DIR] [--json FILE]
+
+Alternates, round by round, (a) a faithful plain-PyTorch copy of the reference training loop
+(per-sample Dataset, DataLoader(batch_size=128, shuffle=True, num_workers=2), Adam 1e-3,
+gradient-norm clipping 1.0, the same 784-256-256-32 model, BCE on sigmoid outputs) and (b)
+vaelab's own training path: the default config through ``vaelab.train.build`` and the
+Trainer. Both train on all 60 000 training images (``experiment=seed_reference``) and are
+scored on the 10 000 test images after E epochs. Prints a table; ``--json`` writes it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import vaelab
+from vaelab.callbacks import EpochThroughput
+from vaelab.data.files import ensure_files, load_split
+from vaelab.train import build, setup_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- (a) the reference script, copied faithfully ----------------------------------------
+class ReferenceMNIST(Dataset):
+    """Per-sample access as torchvision's MNIST + ToTensor: uint8 -> PIL image -> float tensor."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image = Image.fromarray(self.images[i], mode="L")
+        x = torch.from_numpy(np.array(image, np.uint8, copy=True)).view(1, 28, 28).float() / 255
+        return x, int(self.labels[i])
+
+
+class ReferenceVAE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 256), nn.Linear(256, 256)
+        self.fc_mu, self.fc_logvar = nn.Linear(256, 32), nn.Linear(256, 32)
+        self.fc3, self.fc4, self.fc5 = nn.Linear(32, 256), nn.Linear(256, 256), nn.Linear(256, 784)
+
+    def forward(self, x):
+        h = F.relu(self.fc2(F.relu(self.fc1(x.view(-1, 784)))))
+        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc5(F.relu(self.fc4(F.relu(self.fc3(z)))))), mu, logvar
+
+
+def reference_loss(recon, x, mu, logvar):
+    """Summed over pixels and latents, mean over the batch (nats per image)."""
+    bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return (bce + kld) / len(x)
+
+
+def run_reference(train, test, epochs: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    model = ReferenceVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2)
+    test_loader = DataLoader(test, batch_size=128, shuffle=False, num_workers=2)
+    epoch_seconds, test_seconds = [], []
+    for _ in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        for x, _ in loader:
+            recon, mu, logvar = model(x)
+            loss = reference_loss(recon, x, mu, logvar)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        epoch_seconds.append(time.perf_counter() - start)
+        model.eval()
+        start, total = time.perf_counter(), 0.0
+        with torch.no_grad():
+            for x, _ in test_loader:
+                recon, mu, logvar = model(x)
+                total += reference_loss(recon, x, mu, logvar).item() * len(x)
+        test_seconds.append(time.perf_counter() - start)
+    return {
+        "train_samples_per_sec": len(train) * epochs / sum(epoch_seconds),
+        "epoch_seconds": epoch_seconds,
+        "test_images_per_sec": len(test) / statistics.median(test_seconds),
+        "test_loss": total / len(test),
+    }
+
+
+# ---- (b) vaelab through the Trainer -------------------------------------------------------
+def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(
+        config_dir=str(ROOT / "configs"), version_base="1.3"
+    ):
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=seed_reference",
+                f"paths.data_dir={data_root}",
+                f"trainer.max_epochs={epochs}",
+                "callbacks.progress_bar.refresh_rate=0",
+                *overrides,
+            ],
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = out
+        setup_runtime(cfg)
+        datamodule, model, trainer = build(cfg)
+        trainer.fit(model, datamodule=datamodule)
+        (timer,) = [c for c in trainer.callbacks if isinstance(c, EpochThroughput)]
+        start = time.perf_counter()
+        test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+        test_seconds = time.perf_counter() - start
+    samples = sum(r[1] for r in timer.records)
+    seconds = [r[2] for r in timer.records]
+    return {
+        "train_samples_per_sec": samples / sum(seconds),
+        "epoch_seconds": seconds,
+        "test_images_per_sec": len(datamodule.data_test) / test_seconds,
+        "test_loss": test["test/loss"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of (a) then (b)")
+    parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data"))
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for vaelab's run")
+    args = parser.parse_args()
+
+    data_root = Path(args.data_root).resolve()
+    paths = ensure_files(data_root / "MNIST" / "raw", download_missing=False)
+    train = ReferenceMNIST(*load_split(paths, "train", None))
+    test = ReferenceMNIST(*load_split(paths, "test", None))
+    results: dict[str, list[dict]] = {"reference": [], "vaelab": []}
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}: reference ...", file=sys.stderr, flush=True)
+        results["reference"].append(run_reference(train, test, args.epochs, args.seed))
+        print(f"round {round_ + 1}/{args.rounds}: vaelab ...", file=sys.stderr, flush=True)
+        results["vaelab"].append(run_vaelab(data_root, args.epochs, args.overrides))
+
+    def median(name, key):
+        return statistics.median(r[key] for r in results[name])
+
+    ref_speed, our_speed = (median(n, "train_samples_per_sec") for n in ("reference", "vaelab"))
+    summary = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "overrides": args.overrides,
+        "reference_train_samples_per_sec": ref_speed,
+        "vaelab_train_samples_per_sec": our_speed,
+        "speedup": our_speed / ref_speed,
+        "reference_test_loss": median("reference", "test_loss"),
+        "vaelab_test_loss": median("vaelab", "test_loss"),
+        "reference_test_images_per_sec": median("reference", "test_images_per_sec"),
+        "vaelab_test_images_per_sec": median("vaelab", "test_images_per_sec"),
+        "runs": results,
+        "vaelab_version": vaelab.__version__,
+    }
+    print(f"\n{summary['machine']}; {args.epochs} epochs x {args.rounds} rounds, batch 128")
+    print(f"{'':28}{'reference':>12}{'vaelab':>12}{'ratio':>8}")
+    print(f"{'train samples/s':28}{ref_speed:12.0f}{our_speed:12.0f}{our_speed / ref_speed:8.2f}")
+    ref_test, our_test = summary["reference_test_loss"], summary["vaelab_test_loss"]
+    print(f"{'test loss (nats/image)':28}{ref_test:12.2f}{our_test:12.2f}")
+    ref_eval, our_eval = (summary[f"{n}_test_images_per_sec"] for n in ("reference", "vaelab"))
+    print(f"{'test ELBO images/s':28}{ref_eval:12.0f}{our_eval:12.0f}{our_eval / ref_eval:8.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
