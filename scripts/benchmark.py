@@ -111,8 +111,9 @@ def run_reference(train, test, epochs: int, seed: int) -> dict:
 
 # ---- (b) vaelab through the Trainer -------------------------------------------------------
 def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(
-        config_dir=str(ROOT / "configs"), version_base="1.3"
+    with (
+        tempfile.TemporaryDirectory() as out,
+        initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"),
     ):
         cfg = compose(
             "train",
