@@ -10,9 +10,17 @@ from vaelab.models import VAE
 
 def test_default_architecture_is_784_256_256_32():
     net = VAE()
-    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-    shapes = [(m.in_features, m.out_features) for m in linears]
-    assert shapes == [(784, 256), (256, 256), (256, 64), (32, 256), (256, 256), (256, 784)]
+
+    def shapes(module):
+        return [
+            (m.in_features, m.out_features)
+            for m in module.modules()
+            if isinstance(m, torch.nn.Linear)
+        ]
+
+    assert shapes(net.encoder) == [(784, 256), (256, 256)]
+    assert shapes(net.to_posterior) == [(256, 64)]  # mu and logvar
+    assert shapes(net.decoder) == [(32, 256), (256, 256), (256, 784)]
 
 
 def test_forward_shapes_and_decode_range():

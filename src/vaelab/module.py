@@ -9,11 +9,21 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from vaelab.losses import ElboTerms, elbo_loss
-from vaelab.models import VAE
+from vaelab.losses import (
+    ElboTerms,
+    elbo_loss,
+    free_bits_kl,
+    iwae_bound,
+    kl_per_dimension,
+    log_importance_weights,
+    reconstruction_loss,
+)
+from vaelab.models import build_network
+from vaelab.schedules import kl_weight
 
 SPLITS = ("train", "val", "test")
 TERMS = ("loss", "recon", "kl")
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: active when Var_x(E_q[z_u|x]) > 0.01
 
 
 class EpochMeans(Metric):
@@ -35,17 +45,47 @@ class EpochMeans(Metric):
         self.count += terms.shape[1]
 
     def compute(self) -> dict[str, torch.Tensor]:
-        means = self.sums / self.count
-        return dict(zip(TERMS, means, strict=True))
+        return dict(zip(TERMS, self.sums / self.count, strict=True))
+
+
+class LatentStats(Metric):
+    """Per latent dimension over a split: the variance over images of the posterior mean
+    (active units) and the mean KL, [D] each, summed across DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        for name in ("mu_sum", "mu_sq_sum", "kl_sum"):
+            self.add_state(name, torch.zeros(latent_dim), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        mu = mu.detach().float()
+        self.mu_sum += mu.sum(0)
+        self.mu_sq_sum += mu.pow(2).sum(0)
+        self.kl_sum += kl_per_dimension(mu, logvar.detach().float()).sum(0)
+        self.count += mu.shape[0]
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        mean = self.mu_sum / self.count
+        variance = (self.mu_sq_sum / self.count - mean.pow(2)).clamp(min=0)
+        return {"mu_variance": variance, "kl_per_dim": self.kl_sum / self.count}
 
 
 class VAELitModule(L.LightningModule):
-    """Trains ``VAE`` on the negative beta-ELBO.
+    """Trains a VAE on the negative beta-ELBO (or the IWAE bound).
 
     Logs ``{split}/loss``, ``{split}/recon`` and ``{split}/kl`` (nats per image) once per epoch:
-    the mean over every image of the split, whatever the batch sizes. All constructor
-    arguments but the optimizer and scheduler factories are saved in the checkpoint, so
-    ``VAELitModule.load_from_checkpoint(path)`` rebuilds the model with no config.
+    the mean over every image of the split, whatever the batch sizes; ``loss`` is always
+    recon + beta * kl with the configured ``beta``, so runs compare whatever the objective.
+    Validation also logs ``val/active_units`` and ``val/kl_dim/<j>``; training logs the current
+    KL weight as ``train_step/beta``. All constructor arguments but the optimizer and scheduler
+    factories are saved in the checkpoint: ``VAELitModule.load_from_checkpoint(path)`` rebuilds
+    the model with no config.
+
+    Objectives: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or ``iwae`` with ``k``
+    samples (Burda et al. 2015; beta, schedule and free bits do not apply to it).
     """
 
     def __init__(
@@ -53,8 +93,17 @@ class VAELitModule(L.LightningModule):
         input_shape: Sequence[int] = (1, 28, 28),
         hidden_dims: Sequence[int] = (256, 256),
         latent_dim: int = 32,
+        architecture: str = "mlp",
+        batch_norm: bool = False,
         likelihood: str = "bernoulli",
         beta: float = 1.0,
+        kl_schedule: str = "constant",
+        kl_warmup_steps: int = 10000,
+        kl_cycles: int = 4,
+        kl_cycle_ratio: float = 0.5,
+        free_bits: float = 0.0,
+        objective: str = "elbo",
+        k: int = 1,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         compile: bool = False,
@@ -62,10 +111,11 @@ class VAELitModule(L.LightningModule):
         super().__init__()
         input_shape, hidden_dims = list(input_shape), list(hidden_dims)  # plain lists in the ckpt
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = VAE(input_shape, hidden_dims, latent_dim)
+        self.net = build_network(architecture, input_shape, hidden_dims, latent_dim, batch_norm)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.epoch_means = nn.ModuleDict({f"{split}_means": EpochMeans() for split in SPLITS})
+        self.latent_stats = LatentStats(latent_dim)
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
@@ -77,15 +127,45 @@ class VAELitModule(L.LightningModule):
             out.logits, x, out.mu, out.logvar, self.hparams.beta, self.hparams.likelihood
         )
 
+    def current_beta(self) -> float:
+        """The KL weight at this optimizer step, from ``kl_schedule``."""
+        hp = self.hparams
+        total = self.trainer.estimated_stepping_batches if hp.kl_schedule == "cyclical" else 1
+        return kl_weight(
+            self.global_step,
+            hp.beta,
+            hp.kl_schedule,
+            hp.kl_warmup_steps,
+            int(total),
+            hp.kl_cycles,
+            hp.kl_cycle_ratio,
+        )
+
+    def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, ElboTerms]:
+        """(scalar to minimise, per-image ELBO terms to log) for one training batch."""
+        hp = self.hparams
+        if hp.objective == "iwae":
+            mu, logvar = self.net.encode(x)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(
+                hp.k, *mu.shape, device=mu.device, dtype=mu.dtype
+            )
+            logits = self.net.decode_logits(z.flatten(0, 1)).view(hp.k, *x.shape)
+            log_w = log_importance_weights(logits, x, z, mu, logvar, hp.likelihood)
+            recon = reconstruction_loss(logits[0], x, hp.likelihood)
+            kl = kl_per_dimension(mu, logvar).sum(1)
+            return -iwae_bound(log_w).mean(), ElboTerms(recon + hp.beta * kl, recon, kl)
+        out = self.net(x)
+        terms = elbo_loss(out.logits, x, out.mu, out.logvar, hp.beta, hp.likelihood)
+        kl_term = (
+            free_bits_kl(out.mu, out.logvar, hp.free_bits)
+            if hp.free_bits > 0
+            else (terms.kl.mean())
+        )
+        return terms.recon.mean() + self.current_beta() * kl_term, terms
+
     def configure_model(self) -> None:
         if self.hparams.compile:  # in place: parameter names, hence checkpoints, stay the same
             self.net.compile()
-
-    def _step(self, batch, split: str) -> ElboTerms:
-        x, _ = batch
-        terms = self.elbo_terms(x)
-        self.epoch_means[f"{split}_means"].update(torch.stack(terms))
-        return terms
 
     def _log_epoch(self, split: str) -> None:
         metric = self.epoch_means[f"{split}_means"]
@@ -95,24 +175,42 @@ class VAELitModule(L.LightningModule):
         metric.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        terms = self._step(batch, "train")
-        loss = terms.loss.mean()
+        x, _ = batch
+        loss, terms = self.objective(x)
+        self.epoch_means["train_means"].update(torch.stack(terms))
         if self.global_step % self.trainer.log_every_n_steps == 0:  # only when it is shown
             for term, values in zip(TERMS, terms, strict=True):
                 self.log(f"train_step/{term}", values.mean(), prog_bar=True)
+            self.log("train_step/beta", self.current_beta())
         return loss
 
+    def _eval_step(self, batch, split: str) -> None:
+        x, _ = batch
+        out = self.net(x)
+        hp = self.hparams
+        terms = elbo_loss(out.logits, x, out.mu, out.logvar, hp.beta, hp.likelihood)
+        self.epoch_means[f"{split}_means"].update(torch.stack(terms))
+        if split == "val":
+            self.latent_stats.update(out.mu, out.logvar)
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._eval_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        if self.latent_stats.update_count:
+            stats = self.latent_stats.compute()
+            active = (stats["mu_variance"] > ACTIVE_UNIT_THRESHOLD).sum()
+            self.log("val/active_units", active.float())
+            for j, value in enumerate(stats["kl_per_dim"]):
+                self.log(f"val/kl_dim/{j}", value)
+        self.latent_stats.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
