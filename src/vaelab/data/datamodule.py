@@ -17,12 +17,17 @@ class InMemoryImages(Dataset):
     """Images uint8 [N, H, W] and labels [N], indexed by a whole batch of indices at once.
 
     ``dataset[indices]`` returns (x float [B, 1, H, W] in [0, 1], y int64 [B]): one tensor
-    gather per batch instead of B ``__getitem__`` calls and a collate.
+    gather per batch instead of B ``__getitem__`` calls and a collate. With
+    ``dynamic_binarize`` each returned pixel is a fresh Bernoulli draw with its intensity as
+    probability.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, dynamic_binarize: bool = False
+    ) -> None:
         self.images = images
         self.labels = labels
+        self.dynamic_binarize = dynamic_binarize
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -30,10 +35,29 @@ class InMemoryImages(Dataset):
     def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         indices = torch.as_tensor(indices, device=self.images.device)
         x = self.images[indices].unsqueeze(1).float().div_(255.0)
+        if self.dynamic_binarize:
+            x = torch.bernoulli(x)
         return x, self.labels[indices]
 
     def to(self, device: torch.device) -> InMemoryImages:
-        return InMemoryImages(self.images.to(device), self.labels.to(device))
+        return InMemoryImages(self.images.to(device), self.labels.to(device), self.dynamic_binarize)
+
+
+BINARIZE = ("none", "dynamic", "static")
+
+
+def hold_out(images: torch.Tensor, labels: torch.Tensor, size: int, seed: int):
+    """Split off a seeded random ``size`` images: ((rest_x, rest_y), (held_x, held_y))."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    held, rest = order[:size], order[size:]
+    return (images[rest], labels[rest]), (images[held], labels[held])
+
+
+def binarize_images(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One seeded Bernoulli draw of uint8 images [N, H, W]: pixels become 0 or 255."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.rand(images.shape, generator=generator) < images.float() / 255
+    return draw.to(torch.uint8) * 255
 
 
 def batch_loader(dataset: InMemoryImages, batch_size: int, shuffle: bool, seed: int | None = None):
@@ -55,6 +79,10 @@ class MNISTDataModule(L.LightningDataModule):
     Splits: ``train`` is the training file minus a seeded hold-out of ``val_size`` images that
     forms ``val``; ``val_size=0`` validates on the official test set (as the reference script
     does). ``test`` is the official test file. Batches are (x [B, 1, 28, 28] in [0, 1], y [B]).
+
+    ``binarize``: ``none`` keeps grey levels; ``static`` binarizes every split once with a
+    seeded draw; ``dynamic`` draws the training pixels afresh for every batch (the protocol of
+    the NLL literature) while val and test get one seeded draw, so evaluations compare.
     """
 
     def __init__(
@@ -69,8 +97,12 @@ class MNISTDataModule(L.LightningDataModule):
         mirrors: Sequence[str] = (),
         checksums: Mapping[str, str] | None = None,
         search_dirs: Sequence[str] = (),
+        binarize: str = "none",
+        binarize_seed: int = 0,
     ) -> None:
         super().__init__()
+        if binarize not in BINARIZE:
+            raise VaelabError(f"data.binarize={binarize!r} is not one of {', '.join(BINARIZE)}")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.dataset = dataset
         self.batch_size = batch_size
@@ -81,6 +113,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.mirrors = list(mirrors)
         self.checksums = dict(checksums) if checksums else None
         self.search_dirs = list(search_dirs)
+        self.binarize = binarize
+        self.binarize_seed = binarize_seed
         self.data_train: InMemoryImages | None = None
         self.data_val: InMemoryImages | None = None
         self.data_test: InMemoryImages | None = None
@@ -99,32 +133,31 @@ class MNISTDataModule(L.LightningDataModule):
         if self.data_train is not None:
             return
         self.prepare_data()
-        train_images, train_labels = load_split(self._paths, "train", self.checksums)
-        test_images, test_labels = load_split(self._paths, "test", self.checksums)
-        if not 0 <= self.val_size < len(train_images):
-            raise VaelabError(
-                f"data.val_size={self.val_size} must be between 0 and {len(train_images) - 1} "
-                f"(the training file has {len(train_images)} images); lower it"
-            )
-        train = InMemoryImages(
-            torch.from_numpy(train_images.copy()), torch.from_numpy(train_labels)
+        train_x, train_y = (
+            torch.from_numpy(a) for a in load_split(self._paths, "train", self.checksums)
         )
-        test = InMemoryImages(torch.from_numpy(test_images.copy()), torch.from_numpy(test_labels))
-        if self.val_size == 0:
-            self.data_train, self.data_val = train, test
-        else:
-            order = torch.randperm(
-                len(train), generator=torch.Generator().manual_seed(self.split_seed)
+        test_x, test_y = (
+            torch.from_numpy(a) for a in load_split(self._paths, "test", self.checksums)
+        )
+        if not 0 <= self.val_size < len(train_x):
+            raise VaelabError(
+                f"data.val_size={self.val_size} must be between 0 and {len(train_x) - 1} "
+                f"(the training file has {len(train_x)} images); lower it"
             )
-            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
-            self.data_train = InMemoryImages(train.images[train_idx], train.labels[train_idx])
-            self.data_val = InMemoryImages(train.images[val_idx], train.labels[val_idx])
-        self.data_test = test
-        device = self._device()
-        if device.type != "cpu":  # keep the data on the accelerator: no per-batch host copy
-            self.data_train, self.data_val, self.data_test = (
-                d.to(device) for d in (self.data_train, self.data_val, self.data_test)
+        if self.val_size:
+            (train_x, train_y), (val_x, val_y) = hold_out(
+                train_x, train_y, self.val_size, self.split_seed
             )
+        if self.binarize != "none":  # evaluation splits get one fixed draw each
+            test_x = binarize_images(test_x, self.binarize_seed + 1)
+            if self.val_size:
+                val_x = binarize_images(val_x, self.binarize_seed + 2)
+        if self.binarize == "static":
+            train_x = binarize_images(train_x, self.binarize_seed)
+        device = self._device()  # on an accelerator the data live there: no per-batch copy
+        self.data_train = InMemoryImages(train_x, train_y, self.binarize == "dynamic").to(device)
+        self.data_test = InMemoryImages(test_x, test_y).to(device)
+        self.data_val = InMemoryImages(val_x, val_y).to(device) if self.val_size else self.data_test
 
     def _device(self) -> torch.device:
         trainer = self.trainer

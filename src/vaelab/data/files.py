@@ -87,7 +87,7 @@ def ensure_files(
 def load_split(
     paths: Mapping[str, Path], split: str, checksums: Mapping[str, str] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, H, W], labels int64 [N]) of ``split`` ('train' or 'test')."""
+    """(images uint8 [N, H, W], labels int64 [N]) of ``split`` (train or test), writable."""
     image_name, label_name = SPLIT_FILES[split]
     checksums = checksums or {}
     images = read_idx(paths[image_name], checksums.get(image_name))
@@ -102,4 +102,4 @@ def load_split(
             f"{paths[image_name]} has {len(images)} images but {paths[label_name]} has "
             f"{len(labels)} labels; the files belong to different data sets, replace them"
         )
-    return images, labels.astype(np.int64)
+    return images.copy(), labels.astype(np.int64)  # writable, for torch.from_numpy

@@ -1,0 +1,166 @@
+"""Training techniques of issue 5: each option's maths against a known answer."""
+
+import math
+
+import pytest
+import torch
+from conftest import make_synthetic_mnist
+
+from vaelab.data import MNISTDataModule
+from vaelab.losses import (
+    elbo_loss,
+    free_bits_kl,
+    iwae_bound,
+    kl_divergence,
+    log_importance_weights,
+    log_normal,
+    reconstruction_loss,
+)
+from vaelab.models import ConvVAE, build_network
+from vaelab.module import VAELitModule
+from vaelab.schedules import kl_weight
+
+
+def test_constant_schedule_is_beta():
+    assert kl_weight(0, beta=2.0) == kl_weight(10**6, beta=2.0) == 2.0
+
+
+def test_linear_warm_up_reaches_beta_after_the_warm_up():
+    values = [kl_weight(s, 2.0, "linear", warmup_steps=100) for s in (0, 25, 100, 500)]
+    assert values == [0.0, 0.5, 2.0, 2.0]
+
+
+def test_cyclical_schedule_at_known_steps():
+    # 1000 steps, 4 cycles of 250 steps, rising over the first half (125 steps) of each
+    def beta(step):
+        return kl_weight(step, 1.0, "cyclical", total_steps=1000, cycles=4, ratio=0.5)
+
+    assert [beta(s) for s in (0, 50, 125, 200, 250, 300, 999)] == pytest.approx(
+        [0.0, 0.4, 1.0, 1.0, 0.0, 0.4, 1.0]
+    )
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ValueError, match="kl_schedule must be one of"):
+        kl_weight(0, schedule="sigmoid")
+
+
+def test_free_bits_on_a_constructed_kl_vector():
+    # per-dimension KL (batch mean) = 0.5 * mu_j^2 with logvar 0: [0.02, 0.5, 2.0]
+    mu = torch.tensor([[0.2, 1.0, 2.0]]).repeat(4, 1)
+    logvar = torch.zeros_like(mu)
+    assert free_bits_kl(mu, logvar, 0.1).item() == pytest.approx(0.1 + 0.5 + 2.0)
+    assert free_bits_kl(mu, logvar, 0.0).item() == pytest.approx(0.02 + 0.5 + 2.0)
+    mu.requires_grad_(True)
+    free_bits_kl(mu, logvar, 0.1).backward()
+    assert torch.all(mu.grad[:, 0] == 0) and torch.all(mu.grad[:, 1:] != 0)
+
+
+def test_free_bits_objective_leaves_the_logged_kl_true():
+    torch.manual_seed(0)
+    model = VAELitModule(hidden_dims=[16], latent_dim=3, free_bits=5.0)
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(1)
+    loss, terms = model.objective(x)
+    torch.manual_seed(1)
+    out = model.net(x)
+    torch.testing.assert_close(terms.kl, kl_divergence(out.mu, out.logvar))
+    expected = terms.recon.mean() + free_bits_kl(out.mu, out.logvar, 5.0)
+    torch.testing.assert_close(loss, expected)
+    assert expected.item() > (terms.recon + terms.kl).mean().item()  # KL below 5 nats/dim
+
+
+def densities(logits: torch.Tensor, grid: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """exp(-reconstruction_loss) of one-pixel images: [len(grid), len(logits)]."""
+    g, n = len(grid), len(logits)
+    pixel_logits = logits.view(1, n).expand(g, n).reshape(-1, 1)
+    values = grid.view(g, 1).expand(g, n).reshape(-1, 1)
+    return torch.exp(-reconstruction_loss(pixel_logits, values, likelihood)).view(g, n)
+
+
+def test_continuous_bernoulli_density_integrates_to_one():
+    logits = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0], dtype=torch.float64)
+    grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    integral = torch.trapezoid(densities(logits, grid, "continuous_bernoulli"), grid, dim=0)
+    torch.testing.assert_close(integral, torch.ones(5, dtype=torch.float64), atol=1e-4, rtol=0)
+    # ...whereas the Bernoulli likelihood of grey pixels is not a density
+    bernoulli = torch.trapezoid(densities(logits, grid, "bernoulli"), grid, dim=0)
+    assert torch.all(bernoulli < 0.99)
+
+
+def test_iwae_with_one_sample_is_the_single_sample_elbo():
+    torch.manual_seed(2)
+    net, x = build_network("mlp", [1, 28, 28], [32], 4), torch.rand(6, 1, 28, 28)
+    mu, logvar = net.encode(x)
+    z = net.reparameterize(mu, logvar).unsqueeze(0)
+    logits = net.decode_logits(z[0]).unsqueeze(0)
+    bound = iwae_bound(log_importance_weights(logits, x, z, mu, logvar))
+    recon = reconstruction_loss(logits[0], x)
+    mc_kl = log_normal(z[0], mu, logvar) - log_normal(
+        z[0], torch.zeros_like(mu), torch.zeros_like(mu)
+    )
+    torch.testing.assert_close(bound, -(recon + mc_kl))
+    # and the Monte Carlo KL averages to the analytic one
+    many = net.reparameterize(mu.expand(20000, -1, -1), logvar.expand(20000, -1, -1))
+    zeros = torch.zeros_like(mu)
+    mc = (log_normal(many, mu, logvar) - log_normal(many, zeros, zeros)).mean(0)
+    torch.testing.assert_close(mc, kl_divergence(mu, logvar), rtol=0.05, atol=0.05)
+
+
+def test_iwae_bound_of_equal_weights_is_that_weight():
+    log_w = torch.full((7, 3), -2.5)
+    torch.testing.assert_close(iwae_bound(log_w), torch.full((3,), -2.5))
+    log_w = torch.log(torch.tensor([[1.0], [3.0]]))
+    assert iwae_bound(log_w).item() == pytest.approx(math.log(2.0))
+
+
+def test_iwae_objective_trains_and_tightens_with_k():
+    torch.manual_seed(3)
+    model = VAELitModule(hidden_dims=[32], latent_dim=4, objective="iwae", k=1)
+    x = (torch.rand(16, 1, 28, 28) > 0.5).float()
+    bounds = {}
+    for k in (1, 50):
+        model.hparams.k = k
+        torch.manual_seed(4)
+        bounds[k] = torch.stack([model.objective(x)[0] for _ in range(20)]).mean().item()
+    assert bounds[50] < bounds[1]  # the k=50 loss is a tighter (smaller) bound
+
+
+def test_conv_vae_and_batch_norm_shapes():
+    net = ConvVAE([1, 28, 28], [8, 16], latent_dim=5, batch_norm=True)
+    out = net(torch.rand(3, 1, 28, 28))
+    assert out.logits.shape == (3, 1, 28, 28) and out.mu.shape == (3, 5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    mlp = build_network("mlp", [1, 28, 28], [64, 32, 16], 4, batch_norm=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp.modules()) == 6
+    x = torch.rand(4, 1, 28, 28)
+    out = mlp(x)
+    assert torch.isfinite(elbo_loss(out.logits, x, out.mu, out.logvar).loss).all()
+
+
+@pytest.fixture(scope="module")
+def grey_root(tmp_path_factory):
+    return make_synthetic_mnist(tmp_path_factory.mktemp("grey"), n_train=200, n_test=50)
+
+
+def test_dynamic_binarization_draws_fresh_training_pixels(grey_root):
+    dm = MNISTDataModule(grey_root, val_size=50, binarize="dynamic", download=False, checksums=None)
+    dm.setup()
+    dm.data_train.images[:] = 128  # grey: each draw is a coin flip
+    a, b = dm.data_train[list(range(100))][0], dm.data_train[list(range(100))][0]
+    assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)
+    assert abs(a.mean().item() - 128 / 255) < 0.01
+    test_a, test_b = dm.data_test[list(range(50))][0], dm.data_test[list(range(50))][0]
+    assert set(test_a.unique().tolist()) <= {0.0, 1.0} and torch.equal(test_a, test_b)
+
+
+def test_static_binarization_is_one_seeded_draw(grey_root):
+    def setup():
+        dm = MNISTDataModule(grey_root, val_size=50, binarize="static", download=False)
+        dm.setup()
+        return dm
+
+    a, b = setup(), setup()
+    assert torch.equal(a.data_train.images, b.data_train.images)
+    assert set(a.data_train.images.unique().tolist()) <= {0, 255}
+    assert torch.equal(a.data_train[[0, 1]][0], a.data_train[[0, 1]][0])
