@@ -16,7 +16,15 @@ from vaelab.plotting import save_figure, sweep_figure
 
 log = logging.getLogger(__name__)
 
-METRICS = ("test/loss", "test/recon", "test/kl", "val/loss", "epochs", "fit_seconds")
+METRICS = (
+    "test/loss",
+    "test/recon",
+    "test/kl",
+    "val/loss",
+    "val/active_units_last",
+    "epochs",
+    "fit_seconds",
+)
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
@@ -39,12 +47,19 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     return sorted(rows, key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
 
 
+def swept_params(rows: list[dict]) -> list[str]:
+    """The override keys whose values differ between jobs (all of them for a single job)."""
+    keys = sorted({p for r in rows for p in r["params"]})
+    varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
+    return varying if len(rows) > 1 else keys
+
+
 def write_summary(sweep_dir: Path) -> list[dict]:
     """Write summary.csv, summary.md and summary.png into ``sweep_dir``; return the rows."""
     rows = collect_jobs(sweep_dir)
     if not rows:
         return rows
-    params = sorted({p for r in rows for p in r["params"]})
+    params = swept_params(rows)
     header = ["job", *params, *METRICS, "status"]
     table = [
         [

@@ -89,7 +89,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         float(best_score) if best_score is not None else fit_metrics.get("val/loss", math.nan)
     )
     metrics.update(
-        {f"{k}_last": v for k, v in fit_metrics.items() if k.startswith(("val/", "train/"))}
+        {
+            f"{k}_last": v
+            for k, v in fit_metrics.items()
+            if k.startswith(("val/", "train/")) and k.count("/") == 1  # not val/kl_dim/<j>
+        }
     )
     metrics.update(
         epochs=trainer.current_epoch, fit_seconds=round(fit_seconds, 3), best_checkpoint=best_path
