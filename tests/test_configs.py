@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from vaelab.train import instantiate_group
 
-GROUPS = ["data", "model", "trainer", "callbacks", "logger", "experiment", "debug"]
+GROUPS = ["data", "model", "kl", "trainer", "callbacks", "logger", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 
 
@@ -38,6 +38,8 @@ def test_data_root_environment_variable(monkeypatch, tmp_path):
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
+    if group in ("data", "kl", "model", "experiment"):
+        assert isinstance(instantiate(cfg.model, _convert_="all"), L.LightningModule)
     if group == "data":
         assert isinstance(instantiate(cfg.data), L.LightningDataModule)
     elif group == "model":
