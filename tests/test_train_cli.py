@@ -16,13 +16,9 @@ SCALARS = [f"{s}/{t}" for s in ("train", "val", "test") for t in ("loss", "recon
 IMAGES = ["val/reconstructions", "val/samples", "val/interpolation", "val/latent_space"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(synthetic_root, tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("logs")
-    result = run_script("train.py", synthetic_overrides(synthetic_root, log_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (log_dir / "train" / "runs").iterdir()
-    return run
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
 
 
 def test_tensorboard_has_scalar_and_image_tags(run_dir):
