@@ -102,10 +102,16 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
 
 
 @pytest.fixture(scope="session")
-def trained_run(synthetic_root, tmp_path_factory) -> Path:
-    """The run dir of ``python train.py`` on the synthetic data (2 epochs), shared by tests."""
+def trained_run_result(synthetic_root, tmp_path_factory):
+    """(run dir, CompletedProcess) of ``python train.py`` on the synthetic data (2 epochs)."""
     log_dir = tmp_path_factory.mktemp("logs")
     result = run_script("train.py", synthetic_overrides(synthetic_root, log_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (log_dir / "train" / "runs").iterdir()
-    return run
+    return run, result
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_run_result) -> Path:
+    """The run dir of ``python train.py`` on the synthetic data, shared by tests."""
+    return trained_run_result[0]

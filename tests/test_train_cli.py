@@ -94,3 +94,12 @@ def test_missing_data_fails_with_one_line_before_training(tmp_path):
     assert len(error_lines) == 1 and "Traceback" not in result.stderr
     assert str(tmp_path / "empty" / "MNIST" / "raw") in error_lines[0]
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_terminal_ends_with_metrics_paths_and_the_tensorboard_command(trained_run_result):
+    run, result = trained_run_result
+    metrics = json.loads((run / "metrics.json").read_text())
+    tail = result.stdout[result.stdout.rindex("vaelab run") :]
+    assert f"{metrics['test/loss']:.2f}" in tail
+    assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in tail
+    assert f"tensorboard --logdir {run / 'tensorboard'}" in tail

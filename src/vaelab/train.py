@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.report import print_summary
+
 log = logging.getLogger(__name__)
 
 
@@ -99,6 +101,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         epochs=trainer.current_epoch, fit_seconds=round(fit_seconds, 3), best_checkpoint=best_path
     )
     write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    if trainer.is_global_zero:
+        print_summary(metrics, Path(cfg.paths.output_dir))
     return metrics
 
 

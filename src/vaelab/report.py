@@ -1,0 +1,61 @@
+"""What the terminal shows when a run ends: final metrics, where the outputs are, and the
+command that opens TensorBoard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+SHOWN = (
+    ("test/loss", "test loss (nats/image)"),
+    ("test/recon", "test recon"),
+    ("test/kl", "test KL"),
+    ("val/loss", "best val loss"),
+    ("val/active_units_last", "active units (val)"),
+    ("epochs", "epochs"),
+    ("fit_seconds", "fit time (s)"),
+)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def summary_table(metrics: dict) -> Table:
+    """The headline metrics of a finished run."""
+    table = Table(title="vaelab run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, label in SHOWN:
+        if key in metrics:
+            table.add_row(label, _fmt(metrics[key]))
+    return table
+
+
+def output_lines(metrics: dict, run_dir: Path) -> list[str]:
+    """Where the run's outputs are, one 'name: path' line each, never shortened."""
+    lines = [f"run dir:         {run_dir}"]
+    if metrics.get("best_checkpoint"):
+        lines.append(f"best checkpoint: {metrics['best_checkpoint']}")
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        lines.append(f"last checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
+    if (run_dir / "figures").is_dir():
+        lines.append(f"figures:         {run_dir / 'figures'}")
+    lines.append(f"metrics:         {run_dir / 'metrics.json'}")
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(f"TensorBoard:     tensorboard --logdir {run_dir / 'tensorboard'}")
+    return lines
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(summary_table(metrics))
+    for line in output_lines(metrics, run_dir):
+        console.print(line, markup=False)
