@@ -121,7 +121,6 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
                 "experiment=seed_reference",
                 f"paths.data_dir={data_root}",
                 f"trainer.max_epochs={epochs}",
-                "callbacks.progress_bar.refresh_rate=0",
                 *overrides,
             ],
         )
