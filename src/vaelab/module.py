@@ -44,6 +44,8 @@ class VAELitModule(L.LightningModule):
         self.epoch_means = nn.ModuleDict(
             {f"{split}_{term}": MeanMetric() for split in SPLITS for term in TERMS}
         )
+        for term in TERMS:  # in checkpoints: a training epoch resumed mid-way logs its full mean
+            self.epoch_means[f"train_{term}"].persistent(True)  # (validation restarts from scratch)
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
@@ -65,7 +67,8 @@ class VAELitModule(L.LightningModule):
     def _log_epoch(self, split: str) -> None:
         for term in TERMS:
             metric = self.epoch_means[f"{split}_{term}"]
-            if metric.update_count:  # compute() reduces over ranks under DDP
+            # weight, not update_count: a checkpoint restores the state but not the count
+            if metric.weight > 0:  # compute() reduces over ranks under DDP
                 self.log(f"{split}/{term}", metric.compute(), prog_bar=term == "loss")
             metric.reset()
 
