@@ -8,7 +8,7 @@ from conftest import ROOT, compose_train, synthetic_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from vaelab.config_checks import Rule, int_at_least, value_problems
+from vaelab.config_checks import NamesFrom, Rule, int_at_least, value_problems
 from vaelab.errors import VaelabError
 from vaelab.train import train
 
@@ -70,8 +70,11 @@ def test_every_bad_value_gets_its_own_line(tmp_path):
     ("key", "value", "message"),
     [
         ("model.k", 0, "model.k=0 must be an integer >= 1"),
-        ("model.num_samples", 1.5, "model.num_samples=1.5 must be an integer >= 1"),
+        ("model.objective", "iwea", "model.objective='iwea' must be one of elbo, iwae"),
         ("model.free_bits", -0.5, "model.free_bits=-0.5 must be a finite number >= 0"),
+        ("model.kl_cycles", 0, "model.kl_cycles=0 must be an integer >= 1"),
+        ("model.kl_cycle_ratio", 0.0, "model.kl_cycle_ratio=0.0 must be a number in (0, 1]"),
+        ("model.kl_warmup_steps", 1.5, "model.kl_warmup_steps=1.5 must be an integer >= 0"),
     ],
 )
 def test_keys_of_later_features_are_checked_when_present(key, value, message):
@@ -82,6 +85,13 @@ def test_keys_of_later_features_are_checked_when_present(key, value, message):
         cfg[section][name] = value
     (problem,) = value_problems(cfg)
     assert problem.startswith(message)
+
+
+def test_names_rule_is_skipped_while_its_module_is_missing():
+    rule = Rule("model.likelihood", NamesFrom("vaelab.not_yet_written", "NAMES"))
+    assert value_problems(compose_train(["model.likelihood=anything"]), (rule,)) == []
+    rule = Rule("model.likelihood", NamesFrom("vaelab.losses", "LIKELIHOODS"))
+    assert value_problems(compose_train(["model.likelihood=anything"]), (rule,)) != []
 
 
 def test_a_new_rule_is_one_line(tmp_path):

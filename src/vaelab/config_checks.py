@@ -52,16 +52,33 @@ def epochs(value: Any) -> bool:
     return is_int(value) and (value >= 1 or value == -1)
 
 
+def fraction(value: Any) -> bool:
+    return is_number(value) and 0 < value <= 1
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A fixed set of names."""
+
+    choices: tuple[str, ...]
+
+    def names(self) -> tuple[str, ...]:
+        return self.choices
+
+
 @dataclass(frozen=True)
 class NamesFrom:
-    """The names listed by ``module.attribute``; a rule using it is skipped while that
-    attribute does not exist (the feature that defines the names is not installed)."""
+    """The names listed by ``module.attribute``; a rule using it is skipped while that module
+    or attribute does not exist (the feature that defines the names is not installed)."""
 
     module: str
     attribute: str
 
     def names(self) -> tuple[str, ...] | None:
-        names = getattr(importlib.import_module(self.module), self.attribute, None)
+        try:
+            names = getattr(importlib.import_module(self.module), self.attribute, None)
+        except ImportError:
+            return None
         return None if names is None else tuple(names)
 
 
@@ -70,12 +87,12 @@ class Rule:
     """``key`` (dotted) must satisfy ``check``; ``allowed`` says what is accepted."""
 
     key: str
-    check: Callable[[Any], bool] | NamesFrom
+    check: Callable[[Any], bool] | NamesFrom | OneOf
     allowed: str = ""
 
     def problem(self, value: Any) -> str | None:
         """None when ``value`` is accepted, else the one-line message."""
-        if isinstance(self.check, NamesFrom):
+        if isinstance(self.check, (NamesFrom, OneOf)):
             names = self.check.names()
             if names is None or value in names:
                 return None
@@ -110,12 +127,15 @@ RULES: tuple[Rule, ...] = (
         lambda v: v is None or number_at_least(0)(v),
         "null or a number >= 0",
     ),
-    # keys of later features (objectives, KL schedules, importance sampling, free bits):
-    # checked only when the config has them
-    Rule("model.objective", NamesFrom("vaelab.losses", "OBJECTIVES")),
-    Rule("model.beta_schedule", NamesFrom("vaelab.losses", "BETA_SCHEDULES")),
+    Rule("data.binarize", NamesFrom("vaelab.data.datamodule", "BINARIZE")),
+    # keys that only some versions of the model have: checked when the config has them
+    Rule("model.architecture", NamesFrom("vaelab.models", "ARCHITECTURES")),
+    Rule("model.objective", OneOf(("elbo", "iwae"))),
     Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),
-    Rule("model.num_samples", int_at_least(1), "an integer >= 1 (samples of z per image)"),
+    Rule("model.kl_schedule", NamesFrom("vaelab.schedules", "KL_SCHEDULES")),
+    Rule("model.kl_warmup_steps", int_at_least(0), "an integer >= 0 (optimizer steps)"),
+    Rule("model.kl_cycles", int_at_least(1), "an integer >= 1"),
+    Rule("model.kl_cycle_ratio", fraction, "a number in (0, 1] (rising part of each cycle)"),
     Rule("model.free_bits", number_at_least(0), "a finite number >= 0 (nats per latent dimension)"),
 )
 
