@@ -1,13 +1,27 @@
 """Train a VAE: ``python train.py [hydra overrides]``. See README for recipes."""
 
+import logging
+import math
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
-from vaelab.errors import VaelabError
+from vaelab.errors import TrainingInterrupted, VaelabError
+from vaelab.resume import resume_argv, resume_command
+from vaelab.sweep import failed_jobs, record_failed_job
 from vaelab.train import train
+
+log = logging.getLogger(__name__)
+
+
+def print_error(err: Exception) -> None:
+    for line in str(err).splitlines():
+        print(f"error: {line}", file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -15,10 +29,28 @@ def main(cfg: DictConfig) -> float:
     """Returns the best val/loss, so Hydra sweepers can minimise it."""
     try:
         return train(cfg)["val/loss"]
-    except VaelabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except TrainingInterrupted as stop:
+        print(f"{stop}\nresume with: {resume_command(stop.run_dir)}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    except Exception as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # keep the sweep going: the job's error goes to its error.txt and the summary
+            record_failed_job(Path(cfg.paths.output_dir), err)
+            log.error("Job failed: %s", str(err).splitlines()[0] if str(err) else repr(err))
+            return math.nan
+        if isinstance(err, VaelabError):
+            print_error(err)
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv = resume_argv(sys.argv)
+    except VaelabError as err:
+        print_error(err)
+        raise SystemExit(2) from None
     main()
+    if failed_jobs():
+        print(f"error: {failed_jobs()}", file=sys.stderr)
+        raise SystemExit(1)

@@ -120,6 +120,8 @@ class VAEFigures(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.figure_dir is None or not trainer.is_global_zero or _val_loader(trainer) is None:
             return
+        if trainer.val_dataloaders is None:  # a resumed run that had no epoch left to train
+            return
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         pl_module.eval()
         out = self.render(trainer, pl_module)
@@ -168,7 +170,14 @@ class TrainingCurves(L.Callback):
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         save_figure(training_curves_figure(self.history), self.figure_dir / "training_curves.png")
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
     def state_dict(self) -> dict:
+        # a checkpoint saved between epochs (on interruption) must hold the epoch just ended
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            self._record(trainer, trainer.fit_loop.epoch_progress.current.completed)
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -115,6 +115,9 @@ class VAELitModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.epoch_means = nn.ModuleDict({f"{split}_means": EpochMeans() for split in SPLITS})
+        # in checkpoints: a training epoch resumed mid-way logs its full mean (validation
+        # restarts from scratch after a restore, so its state is not saved)
+        self.epoch_means["train_means"].persistent(True)
         self.latent_stats = LatentStats(latent_dim)
 
     def forward(self, x: torch.Tensor):
@@ -169,7 +172,8 @@ class VAELitModule(L.LightningModule):
 
     def _log_epoch(self, split: str) -> None:
         metric = self.epoch_means[f"{split}_means"]
-        if metric.update_count:  # compute() reduces over ranks under DDP
+        # count, not update_count: a checkpoint restores the state but not the update count
+        if metric.count > 0:  # compute() reduces over ranks under DDP
             for term, value in metric.compute().items():
                 self.log(f"{split}/{term}", value, prog_bar=term == "loss")
         metric.reset()

@@ -1,11 +1,13 @@
 """Hydra callback that summarises a multirun: one row per job, metrics against each swept
-parameter, as CSV, Markdown and a figure in the sweep dir."""
+parameter, as CSV, Markdown and a figure in the sweep dir. A job that fails writes
+``error.txt`` into its dir instead of ``metrics.json``; the summary lists it with its error."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import traceback
 from pathlib import Path
 
 import yaml
@@ -25,6 +27,32 @@ METRICS = (
     "epochs",
     "fit_seconds",
 )
+ERROR_FILE = "error.txt"
+# what the last summary of this process found failed, for the exit status of train.py
+_last_failures: list[str] = []
+
+
+def record_failed_job(job_dir: Path, err: BaseException) -> Path:
+    """Write ``error.txt``: the one-line error first, then the traceback."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    first_line = (str(err).splitlines() or [""])[0]
+    text = f"{type(err).__name__}: {first_line}\n\n" + "".join(traceback.format_exception(err))
+    path = job_dir / ERROR_FILE
+    path.write_text(text)
+    return path
+
+
+def job_error(job_dir: Path) -> str:
+    """The one-line error a failed job recorded, or why there is none."""
+    path = job_dir / ERROR_FILE
+    if path.is_file():
+        return path.read_text().splitlines()[0] if path.read_text() else "unknown error"
+    return "no metrics.json and no error.txt (killed, or still running)"
+
+
+def failed_jobs() -> str:
+    """'' when the last summary had no failed job, else a one-line report."""
+    return "; ".join(_last_failures)
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
@@ -42,6 +70,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
                 "params": params,
                 "metrics": metrics,
                 "status": "ok" if metrics else "failed",
+                "error": "" if metrics else job_error(job_dir),
             }
         )
     return sorted(rows, key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
@@ -60,13 +89,14 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     if not rows:
         return rows
     params = swept_params(rows)
-    header = ["job", *params, *METRICS, "status"]
+    header = ["job", *params, *METRICS, "status", "error"]
     table = [
         [
             r["job"],
             *(r["params"].get(p, "") for p in params),
             *(r["metrics"].get(m, "") for m in METRICS),
             r["status"],
+            r["error"],
         ]
         for r in rows
     ]
@@ -74,7 +104,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
         csv.writer(f).writerows([header, *table])
 
     def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return f"{v:.3f}" if isinstance(v, float) else str(v).replace("|", "\\|")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table]
@@ -88,4 +118,13 @@ class SweepSummary(Callback):
     """Registered in ``configs/hydra/default.yaml``; runs when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        write_summary(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        failed = [r for r in rows if r["status"] == "failed"]
+        _last_failures[:] = (
+            [f"{len(failed)} of {len(rows)} jobs failed, see {sweep_dir / 'summary.md'}"]
+            if failed
+            else []
+        )
+        for r in failed:
+            log.error("Job %s failed: %s", r["job"], r["error"])

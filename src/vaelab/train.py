@@ -8,6 +8,7 @@ import logging
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.checkpoints import checkpoint_to_resume
+from vaelab.config_checks import check_config
+from vaelab.errors import TrainingInterrupted
+from vaelab.fault_tolerance import SaveOnInterrupt, signal_name
 from vaelab.report import print_summary
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,22 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+@contextmanager
+def interruptible(trainer: L.Trainer, run_dir: str | Path):
+    """Turn Lightning's ways of ending on SIGINT/SIGTERM (``sys.exit(1)`` after Ctrl-C,
+    ``SIGTERMException`` after SIGTERM) into one ``TrainingInterrupted``."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as stop:
+        saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+        name = (saver.signal if saver else None) or signal_name(stop)
+        if name is None and not trainer.interrupted:
+            raise
+        raise TrainingInterrupted(
+            name or "SIGINT", saver.saved if saver else None, Path(run_dir)
+        ) from None
+
+
 def setup_runtime(cfg: DictConfig) -> None:
     """Process-wide settings: warnings, denormal flushing, seeds."""
     quiet_known_warnings()
@@ -67,14 +88,22 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model described by ``cfg``, test its best checkpoint, return the metrics."""
+    """Fit the model described by ``cfg``, test its best checkpoint, return the metrics.
+
+    Bad config values, a missing or foreign checkpoint and missing data files raise
+    ``VaelabError`` before any model is built; SIGINT/SIGTERM raise ``TrainingInterrupted``
+    after saving the training state."""
+    check_config(cfg)
+    resume_from = checkpoint_to_resume(cfg)
     setup_runtime(cfg)
     datamodule, model, trainer = build(cfg)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with interruptible(trainer, cfg.paths.output_dir):
+        # weights_only: a checkpoint may hold tensors and plain containers, never code
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - start
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -82,7 +111,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     metrics: dict[str, float | int | str] = {}
     if cfg.get("test", True):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)
+        with interruptible(trainer, cfg.paths.output_dir):
+            trainer.test(
+                model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+            )
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
@@ -100,6 +132,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(
         epochs=trainer.current_epoch, fit_seconds=round(fit_seconds, 3), best_checkpoint=best_path
     )
+    if resume_from is not None:
+        metrics["resumed_from"] = str(resume_from)  # fit_seconds counts this process only
     write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     if trainer.is_global_zero:
         print_summary(metrics, Path(cfg.paths.output_dir))

@@ -9,7 +9,8 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from vaelab.data.files import ensure_files, load_split, raw_dir
+from vaelab.data.files import SPLIT_FILES, ensure_files, load_split, raw_dir
+from vaelab.data.idx import read_idx_shape
 from vaelab.errors import VaelabError
 
 
@@ -60,12 +61,34 @@ def binarize_images(images: torch.Tensor, seed: int) -> torch.Tensor:
     return draw.to(torch.uint8) * 255
 
 
+class ResumableRandomSampler(RandomSampler):
+    """``RandomSampler`` (the same permutations for the same seed) that keeps the current
+    epoch's order, so that a run resumed from a checkpoint saved mid-epoch can finish that
+    epoch on the images it had not seen yet (``resume``)."""
+
+    def __init__(self, data_source, generator: torch.Generator | None = None) -> None:
+        super().__init__(data_source, generator=generator)
+        self.order: torch.Tensor | None = None
+        self._resume: tuple[torch.Tensor, int] | None = None
+
+    def resume(self, order: torch.Tensor, start: int) -> None:
+        """Make the next epoch ``order[start:]``."""
+        self._resume = (order, start)
+
+    def __iter__(self):
+        if self._resume is not None:
+            (self.order, start), self._resume = self._resume, None
+        else:
+            self.order, start = torch.tensor(list(super().__iter__())), 0
+        yield from self.order[start:].tolist()
+
+
 def batch_loader(dataset: InMemoryImages, batch_size: int, shuffle: bool, seed: int | None = None):
     """A DataLoader that yields whole batches from ``dataset[list_of_indices]`` (no workers:
     a batch is one tensor gather, cheaper than inter-process transfer)."""
     if shuffle:
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=generator)
+        sampler = ResumableRandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
@@ -119,15 +142,22 @@ class MNISTDataModule(L.LightningDataModule):
         self.data_val: InMemoryImages | None = None
         self.data_test: InMemoryImages | None = None
         self._paths: dict[str, Path] | None = None
+        self._train_sampler: ResumableRandomSampler | None = None
+        self._resume_train: dict | None = None
 
     @property
     def raw_dir(self) -> Path:
         return raw_dir(self.data_dir, self.dataset)
 
     def prepare_data(self) -> None:
-        """Find (or download) the four files and verify them; safe to call more than once."""
+        """Find (or download) the four files and check that ``val_size`` leaves training
+        images (from the file header, before anything is loaded); safe to call more than once."""
         if self._paths is None:
-            self._paths = ensure_files(self.raw_dir, self.mirrors, self.download, self.search_dirs)
+            self._paths = ensure_files(
+                self.raw_dir, self.mirrors, self.download, self.search_dirs, self.checksums
+            )
+            train_images = self._paths[SPLIT_FILES["train"][0]]
+            self._check_val_size(read_idx_shape(train_images)[0], train_images.name)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
@@ -139,11 +169,7 @@ class MNISTDataModule(L.LightningDataModule):
         test_x, test_y = (
             torch.from_numpy(a) for a in load_split(self._paths, "test", self.checksums)
         )
-        if not 0 <= self.val_size < len(train_x):
-            raise VaelabError(
-                f"data.val_size={self.val_size} must be between 0 and {len(train_x) - 1} "
-                f"(the training file has {len(train_x)} images); lower it"
-            )
+        self._check_val_size(len(train_x), self._paths[SPLIT_FILES["train"][0]].name)
         if self.val_size:
             (train_x, train_y), (val_x, val_y) = hold_out(
                 train_x, train_y, self.val_size, self.split_seed
@@ -159,12 +185,39 @@ class MNISTDataModule(L.LightningDataModule):
         self.data_test = InMemoryImages(test_x, test_y).to(device)
         self.data_val = InMemoryImages(val_x, val_y).to(device) if self.val_size else self.data_test
 
+    def _check_val_size(self, n_train: int, file_name: str) -> None:
+        if not 0 <= self.val_size < n_train:
+            raise VaelabError(
+                f"data.val_size={self.val_size} must be between 0 and {n_train - 1} to leave "
+                f"training images ({file_name} has {n_train} images); lower it"
+            )
+
     def _device(self) -> torch.device:
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.data_train, self.batch_size, shuffle=True)
+        loader = batch_loader(self.data_train, self.batch_size, shuffle=True)
+        self._train_sampler = getattr(loader.sampler, "sampler", None)
+        if self._resume_train and isinstance(self._train_sampler, ResumableRandomSampler):
+            state, self._resume_train = self._resume_train, None
+            self._train_sampler.resume(state["train_order"], state["train_images_done"])
+        return loader
+
+    def state_dict(self) -> dict:
+        """Mid-epoch (a checkpoint saved on interruption): the epoch's order and how many of
+        its images were trained on; empty at epoch boundaries."""
+        trainer, sampler = self.trainer, self._train_sampler
+        if trainer is None or sampler is None or sampler.order is None:
+            return {}
+        # batches whose optimizer step ran: where Lightning's loop continues after a restore
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if not 0 < done * self.batch_size < len(sampler.order):
+            return {}
+        return {"train_order": sampler.order, "train_images_done": done * self.batch_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_train = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> DataLoader:
         return batch_loader(self.data_val, self.eval_batch_size, shuffle=False)

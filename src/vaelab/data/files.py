@@ -35,30 +35,47 @@ def find_file(folder: Path, name: str, search_dirs: Sequence[str | Path] = ()) -
     return None
 
 
-def download(folder: Path, name: str, mirrors: Sequence[str]) -> Path:
-    """Fetch ``name.gz`` from the first mirror that answers, with a progress bar.
+def download(
+    folder: Path, name: str, mirrors: Sequence[str], expected_md5: str | None = None
+) -> Path:
+    """Fetch ``name.gz`` from the first mirror that answers with a valid file.
 
-    pooch writes to a temporary file and moves it in place only when the transfer completed,
-    so an interrupted download never leaves a file behind; the checksum of the decompressed
-    bytes is checked afterwards by ``read_idx``.
+    pooch writes to a temporary file and moves it in place only when the transfer completed
+    (a connection dropped before the declared Content-Length raises), so an interrupted
+    download never leaves a file behind. The moved file is then decompressed and parsed, and
+    its md5 compared with ``expected_md5`` (of the decompressed bytes, as ``data.checksums``
+    holds); a file that fails is deleted, never trusted by a later run.
     """
     errors = []
     for mirror in mirrors:
         url = f"{mirror.rstrip('/')}/{name}.gz"
         try:
-            return Path(
+            path = Path(
                 pooch.retrieve(
                     url, known_hash=None, fname=f"{name}.gz", path=folder, progressbar=True
                 )
             )
         except Exception as err:  # noqa: BLE001 - any failure means: try the next mirror
-            errors.append(f"{url}: {type(err).__name__}")
+            errors.append(f"{url}: {type(err).__name__} ({_short(err)})")
+            continue
+        try:
+            read_idx(path, expected_md5)
+        except VaelabError as err:
+            path.unlink(missing_ok=True)
+            errors.append(f"{url}: the downloaded file was invalid and is deleted ({_short(err)})")
+            continue
+        return path
     raise VaelabError(
-        f"MNIST-format files missing from {folder} and no mirror could be reached "
+        f"MNIST-format files missing from {folder} and no mirror gave a valid {name}.gz "
         f"({'; '.join(errors) or 'no mirrors configured'}). Copy {', '.join(FILE_NAMES)} "
         "(.gz or extracted) there, or point DATA_ROOT / paths.data_dir at a folder that has "
         f"{folder.parent.name}/raw/"
     )
+
+
+def _short(err: Exception, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def ensure_files(
@@ -66,8 +83,10 @@ def ensure_files(
     mirrors: Sequence[str] = (),
     download_missing: bool = True,
     search_dirs: Sequence[str | Path] = (),
+    checksums: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Paths of the four files, downloading the missing ones; one clear error if impossible."""
+    """Paths of the four files, downloading the missing ones (verified against ``checksums``,
+    md5 of the decompressed bytes, when given); one clear error if impossible."""
     found = {name: find_file(folder, name, search_dirs) for name in FILE_NAMES}
     missing = [name for name, path in found.items() if path is None]
     if missing and not download_missing:
@@ -80,7 +99,7 @@ def ensure_files(
         folder.mkdir(parents=True, exist_ok=True)
         for name in missing:
             log.info("Downloading %s into %s", name, folder)
-            found[name] = download(folder, name, mirrors)
+            found[name] = download(folder, name, mirrors, (checksums or {}).get(name))
     return found  # type: ignore[return-value]
 
 

@@ -59,6 +59,24 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(data, dtype, offset=header).reshape(shape)
 
 
+def read_idx_shape(path: Path) -> tuple[int, ...]:
+    """The shape an IDX file's header declares, read without decompressing the whole file."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                parse_idx(magic, str(path))  # raises the not-an-IDX-file error
+            dims = f.read(4 * magic[3])
+    except (OSError, EOFError, zlib.error) as err:
+        raise VaelabError(
+            f"{path} is truncated or corrupt ({err}); delete it and download or copy it again"
+        ) from err
+    if len(dims) < 4 * magic[3]:
+        raise VaelabError(f"{path} is truncated (header incomplete); replace the file")
+    return tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+
+
 def read_idx(path: Path, expected_md5: str | None = None) -> np.ndarray:
     """Read an IDX file, verifying the md5 of its decompressed bytes when one is given."""
     data = read_bytes(path)

@@ -1,0 +1,139 @@
+"""Finding, reading and vetting checkpoints before a run uses them.
+
+Checkpoints are always read with ``torch.load(weights_only=True)``: tensors and plain
+containers only, so a checkpoint can never run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.errors import VaelabError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+# hyperparameters that fix the shapes of the weights: a mismatch cannot load
+ARCHITECTURE_KEYS = ("input_shape", "hidden_dims", "latent_dim")
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """The checkpoint dict at ``path``, or one clear VaelabError naming ``key=path``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VaelabError(
+            f"{key}={path}: no such file; pass a .ckpt file written by train.py "
+            "(<run_dir>/checkpoints/*.ckpt), or resume=<run_dir> to pick a run's newest one"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err):  # weights_only refused to import a class or function
+            raise VaelabError(
+                f"{key}={path}: the file holds Python objects other than tensors and plain "
+                "containers, and loading it could run arbitrary code, so it is refused; use a "
+                "checkpoint written by train.py"
+            ) from None
+        raise _not_a_checkpoint(key, path, err) from None
+    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on foreign files
+        raise _not_a_checkpoint(key, path, err) from None
+    if not isinstance(checkpoint, Mapping) or not {"state_dict", "hyper_parameters"} <= set(
+        checkpoint
+    ):
+        raise VaelabError(
+            f"{key}={path}: a PyTorch file, but not a checkpoint written by train.py (it has no "
+            "state_dict and hyper_parameters); pass a .ckpt file from <run_dir>/checkpoints/"
+        )
+    return dict(checkpoint)
+
+
+def _not_a_checkpoint(key: str, path: Path, err: Exception) -> VaelabError:
+    reason = " ".join(f"{type(err).__name__} {err}".split())[:120]
+    return VaelabError(
+        f"{key}={path}: not a PyTorch checkpoint, or truncated ({reason}); pass a .ckpt file "
+        "written by train.py (<run_dir>/checkpoints/*.ckpt)"
+    )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_architecture(
+    checkpoint: Mapping[str, Any], model_cfg: Mapping[str, Any], path: str | Path
+) -> None:
+    """Raise when the config's model would not fit the checkpoint's weights; log the other
+    hyperparameters that differ (beta, likelihood, ...: they load but change the objective)."""
+    saved = checkpoint["hyper_parameters"]
+    differ = {
+        key: (_plain(model_cfg[key]), _plain(saved[key]))
+        for key in saved
+        if key in model_cfg and _plain(model_cfg[key]) != _plain(saved[key])
+    }
+    shapes = [key for key in ARCHITECTURE_KEYS if key in differ]
+    if shapes:
+        pairs = ", ".join(
+            f"model.{k}={differ[k][0]} but the checkpoint has {differ[k][1]}" for k in shapes
+        )
+        raise VaelabError(
+            f"ckpt_path={path} holds another architecture: {pairs}; drop those overrides "
+            "(resume=<run_dir> reuses the run's own) or train a new model without ckpt_path"
+        )
+    for key, (now, before) in differ.items():
+        log.warning(
+            "Resuming with model.%s=%s (the checkpoint was trained with %s)", key, now, before
+        )
+
+
+def run_dir_of(checkpoint: str | Path) -> Path | None:
+    """The run dir that holds ``checkpoint`` in its ``checkpoints/`` folder, else None."""
+    path = Path(checkpoint).expanduser().resolve()
+    run_dir = path.parent.parent
+    if path.parent.name == CHECKPOINT_DIR and (run_dir / ".hydra").is_dir():
+        return run_dir
+    return None
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The most recently written ``.ckpt`` of ``<run_dir>/checkpoints`` (after an
+    interruption, the one saved at the interruption; else ``last.ckpt``)."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise VaelabError(
+            f"resume={run_dir}: no such run dir; pass a folder of logs/train/runs/ (or a "
+            "job folder of a multirun)"
+        )
+    candidates = sorted(
+        (run_dir / CHECKPOINT_DIR).glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name)
+    )
+    if not candidates:
+        raise VaelabError(
+            f"resume={run_dir}: the run has no checkpoints in {run_dir / CHECKPOINT_DIR} "
+            "(it stopped before its first epoch ended, or ran with callbacks=none); start it again"
+        )
+    return candidates[-1]
+
+
+def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
+    """The checkpoint a run continues from (``ckpt_path``, or the newest of ``resume``'s run
+    dir), read and checked against the config's model; None for a fresh run."""
+    if cfg.get("resume") is not None:
+        resume = Path(cfg["resume"]).expanduser()
+        path, key = (resume if resume.is_file() else last_checkpoint(resume)), "resume"
+    elif cfg.get("ckpt_path") is not None:
+        path, key = Path(cfg["ckpt_path"]).expanduser(), "ckpt_path"
+    else:
+        return None
+    checkpoint = read_checkpoint(path, key)
+    model = cfg["model"]
+    if isinstance(model, DictConfig):
+        model = OmegaConf.to_container(model, resolve=True)
+    check_architecture(checkpoint, model, path)
+    return path

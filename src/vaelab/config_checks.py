@@ -1,0 +1,224 @@
+"""Config checks that run before any data is read or model built: one line per bad value,
+naming the key, the value and what is allowed.
+
+To check a new key, append a ``Rule`` to ``RULES``. A rule whose key is absent from the config
+is skipped, so rules for keys that only some configs have (or that later features add) cost
+nothing. Name rules read their allowed names from the module that implements them (e.g.
+``vaelab.losses.LIKELIHOODS``), so adding a name there is enough.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vaelab.errors import VaelabError
+
+_ABSENT = object()
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: is_int(v) and v >= low
+
+
+def number_at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: is_number(v) and v >= low
+
+
+def positive_number(value: Any) -> bool:
+    return is_number(value) and value > 0
+
+
+def int_list_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) > 0 and all(is_int(x) and x >= low for x in v)
+
+
+def epochs(value: Any) -> bool:
+    return is_int(value) and (value >= 1 or value == -1)
+
+
+def fraction(value: Any) -> bool:
+    return is_number(value) and 0 < value <= 1
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A fixed set of names."""
+
+    choices: tuple[str, ...]
+
+    def names(self) -> tuple[str, ...]:
+        return self.choices
+
+
+@dataclass(frozen=True)
+class NamesFrom:
+    """The names listed by ``module.attribute``; a rule using it is skipped while that module
+    or attribute does not exist (the feature that defines the names is not installed)."""
+
+    module: str
+    attribute: str
+
+    def names(self) -> tuple[str, ...] | None:
+        try:
+            names = getattr(importlib.import_module(self.module), self.attribute, None)
+        except ImportError:
+            return None
+        return None if names is None else tuple(names)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``key`` (dotted) must satisfy ``check``; ``allowed`` says what is accepted."""
+
+    key: str
+    check: Callable[[Any], bool] | NamesFrom | OneOf
+    allowed: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is accepted, else the one-line message."""
+        if isinstance(self.check, (NamesFrom, OneOf)):
+            names = self.check.names()
+            if names is None or value in names:
+                return None
+            allowed = "one of " + ", ".join(names)
+        elif self.check(value):
+            return None
+        else:
+            allowed = self.allowed
+        return f"{self.key}={format_value(value)} must be {allowed}"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("model.latent_dim", int_at_least(1), "an integer >= 1"),
+    Rule(
+        "model.hidden_dims",
+        int_list_at_least(1),
+        "a non-empty list of integers >= 1, e.g. [256,256]",
+    ),
+    Rule("model.beta", number_at_least(0), "a finite number >= 0"),
+    Rule("model.likelihood", NamesFrom("vaelab.losses", "LIKELIHOODS")),
+    Rule("model.optimizer.lr", positive_number, "a finite number > 0"),
+    Rule("data.batch_size", int_at_least(1), "an integer >= 1"),
+    Rule("data.eval_batch_size", int_at_least(1), "an integer >= 1"),
+    Rule(
+        "data.val_size",
+        int_at_least(0),
+        "an integer >= 0 (images held out of the training file; 0 validates on the test set)",
+    ),
+    Rule("trainer.max_epochs", epochs, "an integer >= 1, or -1 for no limit"),
+    Rule(
+        "trainer.gradient_clip_val",
+        lambda v: v is None or number_at_least(0)(v),
+        "null or a number >= 0",
+    ),
+    Rule("data.binarize", NamesFrom("vaelab.data.datamodule", "BINARIZE")),
+    # keys that only some versions of the model have: checked when the config has them
+    Rule("model.architecture", NamesFrom("vaelab.models", "ARCHITECTURES")),
+    Rule("model.objective", OneOf(("elbo", "iwae"))),
+    Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),
+    Rule("model.kl_schedule", NamesFrom("vaelab.schedules", "KL_SCHEDULES")),
+    Rule("model.kl_warmup_steps", int_at_least(0), "an integer >= 0 (optimizer steps)"),
+    Rule("model.kl_cycles", int_at_least(1), "an integer >= 1"),
+    Rule("model.kl_cycle_ratio", fraction, "a number in (0, 1] (rising part of each cycle)"),
+    Rule("model.free_bits", number_at_least(0), "a finite number >= 0 (nats per latent dimension)"),
+)
+
+
+def format_value(value: Any) -> str:
+    """A value as it would be written on the command line."""
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    return (
+        OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, (DictConfig, ListConfig))
+        else value
+    )
+
+
+def value_problems(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> list[str]:
+    """One message per rule whose key is present and whose value is not accepted."""
+    problems = []
+    for rule in rules:
+        value = OmegaConf.select(cfg, rule.key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT:
+            continue
+        problem = rule.problem(plain(value))
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _target_nodes(node: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    """(dotted key prefix, node) of every plain-dict config node with a ``_target_``."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield prefix, node
+        for key, child in node.items():
+            yield from _target_nodes(child, f"{prefix}{key}.")
+
+
+def argument_problems(cfg: DictConfig) -> list[str]:
+    """Keys of ``_target_`` nodes that the target does not accept (``+model.foo=1``): caught
+    here instead of as a TypeError deep inside instantiation or, for the optimizer, in fit."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+    problems = []
+    for prefix, node in _target_nodes(tree):
+        target = node["_target_"]
+        try:
+            obj = get_object(target)
+        except Exception as err:  # noqa: BLE001 - any import failure: the same advice
+            problems.append(
+                f"{prefix}_target_={format_value(target)}: cannot be imported ({err}); "
+                "fix the name or install the package that provides it"
+            )
+            continue
+        try:
+            params = inspect.signature(obj).parameters
+        except (TypeError, ValueError):  # builtins without a signature: nothing to check
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in node:
+            if not key.startswith("_") and key not in params:
+                problems.append(
+                    f"{prefix}{key}: {target} has no argument {key!r}; remove it "
+                    f"(its arguments: {', '.join(p for p in params if p != 'self')})"
+                )
+    return problems
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise one VaelabError listing every bad value (one line each), or return."""
+    problems = value_problems(cfg) + argument_problems(cfg)
+    if cfg.get("resume") is not None and cfg.get("ckpt_path") is not None:
+        problems.append(
+            f"resume={format_value(cfg.resume)} and ckpt_path={format_value(cfg.ckpt_path)}: "
+            "give one of them (resume=<run_dir> picks that run's newest checkpoint)"
+        )
+    if problems:
+        raise VaelabError("\n".join(problems))

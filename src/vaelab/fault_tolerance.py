@@ -1,0 +1,144 @@
+"""Callbacks that keep a run's work when it is interrupted and stop it when the loss diverges.
+
+Lightning already turns the signals into exceptions at safe points: SIGTERM sets a flag that
+the loops check after each batch (``SIGTERMException``), Ctrl-C raises ``KeyboardInterrupt``;
+either way every callback's ``on_exception`` runs before fit returns. These callbacks only
+decide what to save and what to say.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vaelab.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+def signal_name(exception: BaseException) -> str | None:
+    """'SIGTERM' or 'SIGINT' when ``exception`` is how Lightning reports that signal."""
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    return None
+
+
+class SaveOnInterrupt(L.Callback):
+    """On SIGINT or SIGTERM during fit, saves the full training state (weights, optimizer,
+    loop progress, callback and data-order states) to ``<dirpath>/<filename>.ckpt``, so a
+    resumed run continues at the batch where this one stopped. The file is removed once a fit
+    completes.
+
+    The first Ctrl-C is handled like SIGTERM: training stops at the next batch boundary, where
+    the saved state is consistent (a ``KeyboardInterrupt`` can strike between an optimizer step
+    and the progress counters); a second Ctrl-C stops at once. Unlike Lightning's
+    ``OnExceptionCheckpoint``, it saves on interruptions only: after any other exception (a NaN
+    loss, a bug) the weights are not worth keeping.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.signal: str | None = None
+        self.saved: Path | None = None
+        self._sigint_received = False
+        self._previous_sigint = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sigint_received = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        # Lightning's SIGTERM handler (installed for fit) makes the loops stop at a safe point
+        lightning_handles_sigterm = signal.getsignal(signal.SIGTERM) not in (
+            signal.SIG_DFL,
+            signal.SIG_IGN,
+            None,
+        )
+        if self._sigint_received or not lightning_handles_sigterm:
+            raise KeyboardInterrupt
+        self._sigint_received = True
+        # os.write: print() inside a signal handler can hit a reentrant write of sys.stderr
+        os.write(2, b"\nCtrl-C: stopping after this batch (press it again to stop at once)\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.signal = signal_name(exception)
+        if self.signal is not None and self._sigint_received:
+            self.signal = "SIGINT"  # turned into SIGTERM by _on_sigint
+        if self.signal is not None and trainer.state.fn == TrainerFn.FITTING:
+            # during test the loaded weights are the best checkpoint's, not the latest
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
+            self.saved = self.path
+            log.info("%s received: training state saved to %s", self.signal, self.path)
+        self._restore_sigint()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.path.exists():
+            self.path.unlink()
+
+
+def last_good_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest checkpoint file written (or resumed from) before now, if any."""
+    paths = [
+        Path(path)
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint)
+        for path in (callback.last_model_path, callback.best_model_path)
+        if path
+    ]
+    paths = [p for p in paths if p.is_file()]
+    if paths:
+        return str(max(paths, key=lambda p: p.stat().st_mtime))
+    return trainer.ckpt_path
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops fit at the first training batch whose loss is NaN or infinite, with a message
+    naming the epoch, the batch and the last good checkpoint.
+
+    It raises in ``on_train_batch_end``, before any checkpoint of that epoch is written
+    (Lightning runs ``ModelCheckpoint`` hooks after the other callbacks', and saves at the end of
+    validation or of the epoch), so no checkpoint with diverged weights replaces a good one.
+    Costs one device-to-host sync of the loss per step.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
+            return
+        value = float(loss.detach().float().mean())
+        lrs = [f"{g['lr']:g}" for opt in trainer.optimizers for g in opt.param_groups]
+        checkpoint = last_good_checkpoint(trainer)
+        raise NonFiniteLossError(
+            f"training stopped: the loss is {'nan' if math.isnan(value) else value} at epoch "
+            f"{trainer.current_epoch + 1}, batch {batch_idx + 1} (global step "
+            f"{trainer.global_step}, learning rate {', '.join(lrs) or 'unknown'}); no checkpoint "
+            f"was written after it. Last good checkpoint: "
+            f"{checkpoint or 'none (no epoch had finished)'}. Lower model.optimizer.lr "
+            "(or add a warm-up) and train again"
+        )

@@ -1,0 +1,107 @@
+"""Resuming a run in its own run dir: the command line that does it, and the one to print.
+
+``python train.py resume=<run_dir>`` (or ``ckpt_path=<run_dir>/checkpoints/<file>.ckpt``) is
+rewritten before Hydra composes the config: the run's own overrides are put in front (so the
+model, data and paths are the run's, and arguments given now still win), Hydra's run dir
+becomes ``<run_dir>`` (so checkpoints, TensorBoard and metrics.json continue there), and
+Hydra's record of this invocation goes to ``<run_dir>/.hydra/resume-NNN/`` (so the original
+``.hydra/`` files are kept). Hand-written because Hydra has no notion of resuming a run.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from vaelab.checkpoints import run_dir_of
+from vaelab.errors import VaelabError
+
+RESUME_KEYS = ("resume", "ckpt_path")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+_HYDRA_SAFE = re.compile(r"[\w./\-~:+@]+")
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as a Hydra override value (quoted when it has characters Hydra parses)."""
+    if _HYDRA_SAFE.fullmatch(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _key(override: str) -> str | None:
+    """The key (or group) an override sets, without its +/++/~ prefix; None for flags."""
+    if override.startswith("-") or "=" not in override:
+        return None
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides the run was last started with (from its newest ``.hydra`` record),
+    without resume/ckpt_path."""
+    records = sorted((run_dir / ".hydra").glob("resume-*/overrides.yaml"))
+    record = records[-1] if records else run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(record.read_text()) if record.is_file() else []
+    return [o for o in overrides or [] if _key(o) not in RESUME_KEYS]
+
+
+def resume_target(args: list[str]) -> tuple[str, Path] | None:
+    """(key, path) of the resume= or ckpt_path= argument, if one is given and not null."""
+    parser = OverridesParser.create()
+    for arg in args:
+        if _key(arg) in RESUME_KEYS:
+            override = parser.parse_override(arg)
+            value = override.value()
+            if value is not None:
+                return override.key_or_group, Path(str(value)).expanduser()
+    return None
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """``argv`` rewritten to continue the run that resume=/ckpt_path= points into; unchanged
+    when neither is given or the checkpoint lies outside a run dir (a new run starts)."""
+    target = resume_target(argv[1:])
+    if target is None:
+        return argv
+    key, path = target
+    if any(arg in MULTIRUN_FLAGS for arg in argv[1:]):
+        raise VaelabError(
+            f"{key}= continues one run; drop -m/--multirun (to resume a job of a sweep, "
+            "pass its folder: resume=<sweep_dir>/<job_number>)"
+        )
+    if key == "resume":
+        if not path.exists():
+            raise VaelabError(f"resume={path}: no such run dir; pass a folder of logs/train/runs/")
+        run_dir = run_dir_of(path) if path.is_file() else path.resolve()
+    elif not path.is_file():
+        raise VaelabError(
+            f"ckpt_path={path}: no such file; pass a .ckpt file written by train.py "
+            "(<run_dir>/checkpoints/*.ckpt), or resume=<run_dir>"
+        )
+    else:
+        run_dir = run_dir_of(path)
+    if run_dir is None:
+        return argv
+    given = {_key(arg) for arg in argv[1:]}
+    kept = [o for o in saved_overrides(run_dir) if _key(o) not in given]
+    number = len(list((run_dir / ".hydra").glob("resume-*"))) + 1
+    return [
+        argv[0],
+        *kept,
+        *argv[1:],
+        f"hydra.run.dir={hydra_quote(str(run_dir))}",
+        f"hydra.output_subdir=.hydra/resume-{number:03d}",
+    ]
+
+
+def resume_command(run_dir: str | Path, script: str | None = None) -> str:
+    """The shell command that continues the run in ``run_dir``."""
+    script = script or sys.argv[0] or "train.py"
+    python = "python" if shutil.which("python") == sys.executable else sys.executable
+    argument = f"resume={hydra_quote(str(run_dir))}"
+    return " ".join(shlex.quote(part) for part in (python, script, argument))
