@@ -7,9 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from vaelab.data.files import ensure_files, load_split, raw_dir
+from vaelab.data.sampling import ShardedBatches
 from vaelab.errors import VaelabError
 
 
@@ -36,17 +37,19 @@ class InMemoryImages(Dataset):
         return InMemoryImages(self.images.to(device), self.labels.to(device))
 
 
-def batch_loader(dataset: InMemoryImages, batch_size: int, shuffle: bool, seed: int | None = None):
-    """A DataLoader that yields whole batches from ``dataset[list_of_indices]`` (no workers:
-    a batch is one tensor gather, cheaper than inter-process transfer)."""
-    if shuffle:
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=generator)
-    else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(
-        dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False)
-    )
+def batch_loader(
+    dataset: InMemoryImages,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None = None,
+    rank: int = 0,
+    num_replicas: int = 1,
+):
+    """A DataLoader that yields whole batches from ``dataset[index_tensor]`` (no workers:
+    a batch is one tensor gather, cheaper than inter-process transfer), this rank's share of
+    the split when ``num_replicas > 1`` (see ``ShardedBatches``)."""
+    sampler = ShardedBatches(len(dataset), batch_size, shuffle, seed, rank, num_replicas)
+    return DataLoader(dataset, batch_size=None, sampler=sampler)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -55,6 +58,12 @@ class MNISTDataModule(L.LightningDataModule):
     Splits: ``train`` is the training file minus a seeded hold-out of ``val_size`` images that
     forms ``val``; ``val_size=0`` validates on the official test set (as the reference script
     does). ``test`` is the official test file. Batches are (x [B, 1, 28, 28] in [0, 1], y [B]).
+
+    Under DDP each process gets its own share of every split (``batch_size`` is per process;
+    see ``vaelab.data.sampling.ShardedBatches``), so the Trainer must not add its own
+    DistributedSampler: ``use_distributed_sampler=False`` (set in ``configs/trainer``).
+    The training order is seeded by ``shuffle_seed`` and the epoch; ``None`` draws the seed
+    from torch's generator on rank 0 and broadcasts it.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class MNISTDataModule(L.LightningDataModule):
         mirrors: Sequence[str] = (),
         checksums: Mapping[str, str] | None = None,
         search_dirs: Sequence[str] = (),
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser().resolve()
@@ -81,6 +91,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.mirrors = list(mirrors)
         self.checksums = dict(checksums) if checksums else None
         self.search_dirs = list(search_dirs)
+        self.shuffle_seed = shuffle_seed
         self.data_train: InMemoryImages | None = None
         self.data_val: InMemoryImages | None = None
         self.data_test: InMemoryImages | None = None
@@ -120,6 +131,7 @@ class MNISTDataModule(L.LightningDataModule):
             self.data_train = InMemoryImages(train.images[train_idx], train.labels[train_idx])
             self.data_val = InMemoryImages(train.images[val_idx], train.labels[val_idx])
         self.data_test = test
+        self.shuffle_seed = self._shared_shuffle_seed()
         device = self._device()
         if device.type != "cpu":  # keep the data on the accelerator: no per-batch host copy
             self.data_train, self.data_val, self.data_test = (
@@ -130,11 +142,26 @@ class MNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def _shared_shuffle_seed(self) -> int:
+        """``shuffle_seed``, or one drawn on rank 0: every rank must shuffle alike."""
+        if self.shuffle_seed is not None:
+            return int(self.shuffle_seed)
+        seed = int(torch.randint(2**31 - 1, ()))
+        return seed if self.trainer is None else int(self.trainer.strategy.broadcast(seed))
+
+    def _shard(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return {"rank": 0, "num_replicas": 1}
+        return {"rank": trainer.global_rank, "num_replicas": trainer.world_size}
+
     def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.data_train, self.batch_size, shuffle=True)
+        return batch_loader(
+            self.data_train, self.batch_size, True, self.shuffle_seed, **self._shard()
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.data_val, self.eval_batch_size, shuffle=False)
+        return batch_loader(self.data_val, self.eval_batch_size, False, **self._shard())
 
     def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.data_test, self.eval_batch_size, shuffle=False)
+        return batch_loader(self.data_test, self.eval_batch_size, False, **self._shard())
