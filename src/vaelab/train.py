@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.distributed import start_extra_ranks_as_this_job
+
 log = logging.getLogger(__name__)
 
 
@@ -32,11 +34,13 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def quiet_known_warnings() -> None:
-    """Silence Lightning's advice that does not apply to in-memory batches."""
+    """Silence Lightning's advice that does not apply to in-memory batches, or to epoch
+    means that torchmetrics already reduces over DDP ranks (``MeanMetric.compute``)."""
     for pattern in (
         ".*does not have many workers.*",
         ".*`num_workers`.*",
         ".*Trying to infer the `batch_size`.*",
+        ".*when logging on epoch level in distributed setting.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -54,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -81,7 +86,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(
         epochs=trainer.current_epoch, fit_seconds=round(fit_seconds, 3), best_checkpoint=best_path
     )
-    write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    if trainer.is_global_zero:  # one writer under DDP; every rank returns the same metrics
+        write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     return metrics
 
 
