@@ -78,9 +78,11 @@ def test_optuna_search_with_ddp_trials(synthetic_root, tmp_path):
     rows = summary_rows(sweep_dir)
     assert [r["job"] for r in rows] == ["0", "1", "2"]
     assert all(r["status"] == "ok" for r in rows)
-    for row in rows:  # the summary reads each trial's sampled parameters and metrics
+    searched = {"model.optimizer.lr", "model.beta", "model.latent_dim", "hidden_width"}
+    assert searched & set(rows[0])  # the summary has columns for the sampled parameters
+    for row in rows:  # ... read from each trial's job dir
         overrides = yaml.safe_load((sweep_dir / row["job"] / ".hydra/overrides.yaml").read_text())
-        assert f"model.latent_dim={row['model.latent_dim']}" in overrides
+        assert all(f"{p}={row[p]}" in overrides for p in searched & set(row))
         assert float(row["val/loss"]) == pytest.approx(metrics[row["job"]]["val/loss"])
 
 

@@ -64,10 +64,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    # plot only what the sweep varied: a panel for each constant override (data paths, the
-    # search's fixed settings) says nothing and costs a second of drawing per panel
-    varied = [p for p in params if len({r["params"].get(p) for r in rows}) > 1]
-    save_figure(sweep_figure(rows, varied, METRICS[:3]), sweep_dir / "summary.png")
+    save_figure(sweep_figure(rows, params, METRICS[:3]), sweep_dir / "summary.png")
     log.info("Sweep summary written to %s", sweep_dir / "summary.md")
     return rows
 
