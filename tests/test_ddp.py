@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,46 @@ def test_ddp_on_two_cpu_processes_matches_one_process(synthetic_root, tmp_path):
     # ends 8 % lower. 2 % allows the noise and still catches a wrong step count.
     assert ddp["test/loss"] == pytest.approx(single["test/loss"], rel=0.02)
     assert ddp["epochs"] == single["epochs"] == 2
+
+
+def test_extra_ranks_of_a_multirun_job_run_that_job_alone(monkeypatch, tmp_path):
+    """The command Lightning gets for rank 1 of a multirun job: this job's overrides, its
+    output dir, run mode; not the command line of the whole sweep."""
+    from conftest import CONFIG_DIR
+    from hydra import compose, initialize_config_dir
+    from hydra.conf import ConfigSourceInfo
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from vaelab import distributed
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model.beta=2", "trainer=ddp"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(tmp_path / "multiruns" / "t" / "3")
+        extra = ConfigSourceInfo(str(tmp_path / "more_configs"), "file", "command-line")
+        cfg.hydra.runtime.config_sources.append(extra)  # as from --config-dir
+    saved = HydraConfig.instance().cfg
+    monkeypatch.setattr(distributed, "_launched_ranks", False)
+    # as in `python train.py -m model.beta=1,2 trainer=ddp`, started from the repository root
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "model.beta=1,2", "trainer=ddp"])
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
+    try:
+        HydraConfig.instance().set_config(cfg)
+        command, cwd = distributed.rank_command(1)
+    finally:
+        HydraConfig.instance().cfg = saved
+    assert command[:2] == [sys.executable, str(Path(cwd, "train.py").resolve())]
+    assert command[2:] == [
+        "--config-name=train",
+        f"--config-dir={tmp_path / 'more_configs'}",
+        "model.beta=2",
+        "trainer=ddp",
+        "hydra.mode=RUN",
+        f'hydra.run.dir="{tmp_path / "multiruns" / "t" / "3"}"',
+        "hydra.job.name=train_ddp_process_1",
+        "hydra.output_subdir=null",
+    ]
+    assert distributed._launched_ranks  # the next job of the sweep cleans up after this one
