@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train, run_script, synthetic_overrides
+from conftest import CONFIG_DIR, compose_train, run_script, synthetic_overrides
+from hydra import compose, initialize_config_dir
+from hydra.conf import ConfigSourceInfo
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import open_dict
 
+from vaelab import distributed
 from vaelab.data import MNISTDataModule
 from vaelab.losses import kl_divergence
 from vaelab.module import VAELitModule
@@ -87,15 +93,6 @@ def test_ddp_on_two_cpu_processes_matches_one_process(synthetic_root, tmp_path):
 def test_extra_ranks_of_a_multirun_job_run_that_job_alone(monkeypatch, tmp_path):
     """The command Lightning gets for rank 1 of a multirun job: this job's overrides, its
     output dir, run mode; not the command line of the whole sweep."""
-    from conftest import CONFIG_DIR
-    from hydra import compose, initialize_config_dir
-    from hydra.conf import ConfigSourceInfo
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import open_dict
-
-    from vaelab import distributed
-
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["model.beta=2", "trainer=ddp"], return_hydra_config=True)
     with open_dict(cfg):
