@@ -1,4 +1,5 @@
-"""DDP end to end: two CPU processes (gloo) against one process with the same global batch."""
+"""DDP: two CPU processes (gloo) against one process with the same global batch, and the
+command that starts the extra ranks of a multirun job."""
 
 from __future__ import annotations
 
