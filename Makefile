@@ -4,7 +4,7 @@
 # wheel of the same version has CUDA. Override with TORCH_SPEC=... if you need another build.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,sweep
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(EXTRAS)

@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, synthetic_overrides
-from torch.utils.data import RandomSampler
 
-from vaelab.data.datamodule import MNISTDataModule, ResumableRandomSampler
+from vaelab.data.datamodule import MNISTDataModule
+from vaelab.data.sampling import ShardedBatches
 from vaelab.errors import VaelabError
 from vaelab.fault_tolerance import SaveOnInterrupt
 from vaelab.loggers import CSVLogger
@@ -88,15 +88,13 @@ def test_resume_command_is_quoted_for_shell_and_hydra():
 # ----- an epoch interrupted part way --------------------------------------------------------
 
 
-def test_resumable_sampler_draws_like_random_sampler_and_resumes():
-    data = range(10)
-    torch.manual_seed(3)
-    expected = list(RandomSampler(data))
-    torch.manual_seed(3)
-    sampler = ResumableRandomSampler(data)
-    assert list(sampler) == expected
-    sampler.resume(sampler.order, 4)
-    assert list(sampler) == expected[4:]
+def test_sharded_batches_resume_skips_the_batches_already_trained():
+    sampler = ShardedBatches(10, 3, shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    expected = [b.tolist() for b in sampler]
+    sampler.resume(2)
+    assert [b.tolist() for b in sampler] == expected[2:]
+    assert [b.tolist() for b in sampler] == expected  # one pass only
 
 
 class Record(L.Callback):

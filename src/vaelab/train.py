@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoints import checkpoint_to_resume
 from vaelab.config_checks import check_config
+from vaelab.distributed import start_extra_ranks_as_this_job
 from vaelab.errors import TrainingInterrupted
 from vaelab.fault_tolerance import SaveOnInterrupt, signal_name
 from vaelab.report import print_summary
@@ -39,13 +40,15 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def quiet_known_warnings() -> None:
-    """Silence Lightning's advice that does not apply to in-memory batches, and its
-    deprecation notice about torch 2.13's pytree API (not ours to fix)."""
+    """Silence Lightning's advice that does not apply to in-memory batches or to epoch means
+    that torchmetrics already reduces over DDP ranks, and its deprecation notice about torch
+    2.13's pytree API (not ours to fix)."""
     for pattern in (
         ".*does not have many workers.*",
         ".*`num_workers`.*",
         ".*Trying to infer the `batch_size`.*",
         r".*isinstance\(treespec, LeafSpec\).*",
+        ".*when logging on epoch level in distributed setting.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -83,6 +86,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
@@ -134,8 +138,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if resume_from is not None:
         metrics["resumed_from"] = str(resume_from)  # fit_seconds counts this process only
-    write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # one writer under DDP; every rank returns the same metrics
+        write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
         print_summary(metrics, Path(cfg.paths.output_dir))
     return metrics
 

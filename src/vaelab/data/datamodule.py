@@ -7,10 +7,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from vaelab.data.files import SPLIT_FILES, ensure_files, load_split, raw_dir
 from vaelab.data.idx import read_idx_shape
+from vaelab.data.sampling import ShardedBatches
 from vaelab.errors import VaelabError
 
 
@@ -61,39 +62,19 @@ def binarize_images(images: torch.Tensor, seed: int) -> torch.Tensor:
     return draw.to(torch.uint8) * 255
 
 
-class ResumableRandomSampler(RandomSampler):
-    """``RandomSampler`` (the same permutations for the same seed) that keeps the current
-    epoch's order, so that a run resumed from a checkpoint saved mid-epoch can finish that
-    epoch on the images it had not seen yet (``resume``)."""
-
-    def __init__(self, data_source, generator: torch.Generator | None = None) -> None:
-        super().__init__(data_source, generator=generator)
-        self.order: torch.Tensor | None = None
-        self._resume: tuple[torch.Tensor, int] | None = None
-
-    def resume(self, order: torch.Tensor, start: int) -> None:
-        """Make the next epoch ``order[start:]``."""
-        self._resume = (order, start)
-
-    def __iter__(self):
-        if self._resume is not None:
-            (self.order, start), self._resume = self._resume, None
-        else:
-            self.order, start = torch.tensor(list(super().__iter__())), 0
-        yield from self.order[start:].tolist()
-
-
-def batch_loader(dataset: InMemoryImages, batch_size: int, shuffle: bool, seed: int | None = None):
-    """A DataLoader that yields whole batches from ``dataset[list_of_indices]`` (no workers:
-    a batch is one tensor gather, cheaper than inter-process transfer)."""
-    if shuffle:
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        sampler = ResumableRandomSampler(dataset, generator=generator)
-    else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(
-        dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False)
-    )
+def batch_loader(
+    dataset: InMemoryImages,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None = None,
+    rank: int = 0,
+    num_replicas: int = 1,
+):
+    """A DataLoader that yields whole batches from ``dataset[index_tensor]`` (no workers:
+    a batch is one tensor gather, cheaper than inter-process transfer), this rank's share of
+    the split when ``num_replicas > 1`` (see ``ShardedBatches``)."""
+    sampler = ShardedBatches(len(dataset), batch_size, shuffle, seed, rank, num_replicas)
+    return DataLoader(dataset, batch_size=None, sampler=sampler)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -106,6 +87,12 @@ class MNISTDataModule(L.LightningDataModule):
     ``binarize``: ``none`` keeps grey levels; ``static`` binarizes every split once with a
     seeded draw; ``dynamic`` draws the training pixels afresh for every batch (the protocol of
     the NLL literature) while val and test get one seeded draw, so evaluations compare.
+
+    Under DDP each process gets its own share of every split (``batch_size`` is per process;
+    see ``vaelab.data.sampling.ShardedBatches``), so the Trainer must not add its own
+    DistributedSampler: ``use_distributed_sampler=False`` (set in ``configs/trainer``).
+    The training order is seeded by ``shuffle_seed`` and the epoch; ``None`` draws the seed
+    from torch's generator on rank 0 and broadcasts it.
     """
 
     def __init__(
@@ -122,6 +109,7 @@ class MNISTDataModule(L.LightningDataModule):
         search_dirs: Sequence[str] = (),
         binarize: str = "none",
         binarize_seed: int = 0,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if binarize not in BINARIZE:
@@ -138,12 +126,14 @@ class MNISTDataModule(L.LightningDataModule):
         self.search_dirs = list(search_dirs)
         self.binarize = binarize
         self.binarize_seed = binarize_seed
+        self.shuffle_seed = shuffle_seed
         self.data_train: InMemoryImages | None = None
         self.data_val: InMemoryImages | None = None
         self.data_test: InMemoryImages | None = None
         self._paths: dict[str, Path] | None = None
-        self._train_sampler: ResumableRandomSampler | None = None
-        self._resume_train: dict | None = None
+        self._train_sampler: ShardedBatches | None = None
+        self._restored_seed = False
+        self._skip_batches = 0
 
     @property
     def raw_dir(self) -> Path:
@@ -180,6 +170,8 @@ class MNISTDataModule(L.LightningDataModule):
                 val_x = binarize_images(val_x, self.binarize_seed + 2)
         if self.binarize == "static":
             train_x = binarize_images(train_x, self.binarize_seed)
+        if not self._restored_seed:  # a resumed run keeps its order's seed
+            self.shuffle_seed = self._shared_shuffle_seed()
         device = self._device()  # on an accelerator the data live there: no per-batch copy
         self.data_train = InMemoryImages(train_x, train_y, self.binarize == "dynamic").to(device)
         self.data_test = InMemoryImages(test_x, test_y).to(device)
@@ -196,31 +188,51 @@ class MNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def _shared_shuffle_seed(self) -> int:
+        """``shuffle_seed``, or one drawn on rank 0: every rank must shuffle alike."""
+        if self.shuffle_seed is not None:
+            return int(self.shuffle_seed)
+        seed = int(torch.randint(2**31 - 1, ()))
+        return seed if self.trainer is None else int(self.trainer.strategy.broadcast(seed))
+
+    def _shard(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return {"rank": 0, "num_replicas": 1}
+        return {"rank": trainer.global_rank, "num_replicas": trainer.world_size}
+
     def train_dataloader(self) -> DataLoader:
-        loader = batch_loader(self.data_train, self.batch_size, shuffle=True)
-        self._train_sampler = getattr(loader.sampler, "sampler", None)
-        if self._resume_train and isinstance(self._train_sampler, ResumableRandomSampler):
-            state, self._resume_train = self._resume_train, None
-            self._train_sampler.resume(state["train_order"], state["train_images_done"])
+        loader = batch_loader(
+            self.data_train, self.batch_size, True, self.shuffle_seed, **self._shard()
+        )
+        self._train_sampler = loader.sampler
+        if self._skip_batches:
+            loader.sampler.resume(self._skip_batches)
+            self._skip_batches = 0
         return loader
 
     def state_dict(self) -> dict:
-        """Mid-epoch (a checkpoint saved on interruption): the epoch's order and how many of
-        its images were trained on; empty at epoch boundaries."""
+        """The training order's seed, and mid-epoch (a checkpoint saved on interruption) how
+        many of this epoch's batches were trained on. The order of an epoch is a function of
+        the seed and the epoch (``ShardedBatches``), so that is enough to finish the epoch on
+        the images it had not seen."""
         trainer, sampler = self.trainer, self._train_sampler
-        if trainer is None or sampler is None or sampler.order is None:
+        if trainer is None or sampler is None:
             return {}
         # batches whose optimizer step ran: where Lightning's loop continues after a restore
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if not 0 < done * self.batch_size < len(sampler.order):
-            return {}
-        return {"train_order": sampler.order, "train_images_done": done * self.batch_size}
+        if not 0 < done < len(sampler):
+            return {"shuffle_seed": self.shuffle_seed}
+        return {"shuffle_seed": self.shuffle_seed, "train_batches_done": done}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._resume_train = dict(state_dict) if state_dict else None
+        if "shuffle_seed" in state_dict:
+            self.shuffle_seed = state_dict["shuffle_seed"]
+            self._restored_seed = True
+        self._skip_batches = int(state_dict.get("train_batches_done", 0))
 
     def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.data_val, self.eval_batch_size, shuffle=False)
+        return batch_loader(self.data_val, self.eval_batch_size, False, **self._shard())
 
     def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.data_test, self.eval_batch_size, shuffle=False)
+        return batch_loader(self.data_test, self.eval_batch_size, False, **self._shard())
