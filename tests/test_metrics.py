@@ -236,3 +236,23 @@ def test_nll_label():
     assert "NOT" in M.nll_label("bernoulli", False)[1]
     assert not M.nll_label("gaussian", True)[0]
     assert M.is_binary(torch.tensor([0.0, 1.0, 1.0])) and not M.is_binary(torch.tensor([0.5]))
+
+
+def test_dataset_log_likelihood_is_the_same_for_any_worker_count():
+    torch.manual_seed(0)
+    net = VAE(latent_dim=4, hidden_dims=(16,)).eval()
+    x = torch.rand(7, 1, 28, 28)
+    seen = []
+    threads = torch.get_num_threads()
+    one = M.dataset_log_likelihood(net, x, k=6, batch_size=3, seed=5, workers=1)
+    two = M.dataset_log_likelihood(
+        net, x, k=6, batch_size=3, seed=5, workers=2, on_batch=seen.append
+    )
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+    assert sorted(seen) == [1, 3, 3]
+    # batch i draws from its own generator seeded with (seed, i)
+    third = M.iwae_log_likelihood(
+        net, x[6:], 6, generator=torch.Generator().manual_seed(5 * 1_000_003 + 6)
+    )
+    torch.testing.assert_close(one[6:], third)
+    assert torch.get_num_threads() == threads  # the workers' single thread is undone
