@@ -3,11 +3,24 @@ fingerprint of its data, and a read-only cache location falls back to the next o
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from vaelab.classifier import DigitClassifier, Images, classify, load_or_train, train_classifier
 
 TINY = {"channels": (4, 8), "num_features": 16}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Convolutions this small run fastest on one thread (several times faster when the
+    machine is shared: no waiting for a busy second core at every op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def synthetic_digits(n: int, seed: int) -> Images:
@@ -66,3 +79,17 @@ def test_digit_classifier_shapes():
     model = DigitClassifier(**TINY).eval()
     x = torch.rand(3, 1, 28, 28)
     assert model(x).shape == (3, 10) and model.features(x).shape == (3, 16)
+
+
+def test_read_only_locations_are_searched_but_never_written(tmp_path):
+    train, test = synthetic_digits(50, 1), synthetic_digits(20, 2)
+    beside_data, cache = tmp_path / "data" / "MNIST" / "classifier", tmp_path / "cache"
+    kwargs = {"epochs": 1, "progress": False, "model_kwargs": TINY, "read_only": 1}
+    _, info = load_or_train(train, test, [beside_data, cache], **kwargs)
+    assert info["trained"] and info["path"].startswith(str(cache))
+    assert not beside_data.exists()
+    # a classifier placed beside the data (e.g. in a shared data folder) is found first
+    beside_data.mkdir(parents=True)
+    (cache / Path(info["path"]).name).rename(beside_data / Path(info["path"]).name)
+    _, info2 = load_or_train(train, test, [beside_data, cache], **kwargs)
+    assert not info2["trained"] and info2["path"].startswith(str(beside_data))

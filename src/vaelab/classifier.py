@@ -128,12 +128,17 @@ def train_classifier(
     return model.eval(), accuracy(model, test)
 
 
-def default_cache_dirs(data_dir: str | Path, dataset: str = "MNIST") -> list[Path]:
-    """Where a cached classifier is looked for, in order: beside the data
-    (``<data_dir>/<dataset>/classifier``), then the user cache
-    (``$XDG_CACHE_HOME/vaelab``, default ``~/.cache/vaelab``), for read-only data dirs."""
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vaelab"
-    return [Path(data_dir).expanduser() / dataset / "classifier", user_cache]
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/vaelab`` (default ``~/.cache/vaelab``): the fallback cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vaelab"
+
+
+def cache_dirs(cache_dir: str | Path, data_dir: str | Path, dataset: str) -> list[Path]:
+    """Where the classifier is looked for, in order: beside the data
+    (``<data_dir>/<dataset>/classifier``, only read: shared data may be read-only), then
+    ``cache_dir``, then ``user_cache_dir()``. It is saved into the first writable of the
+    last two (see ``load_or_train``)."""
+    return [Path(data_dir).expanduser() / dataset / "classifier", Path(cache_dir), user_cache_dir()]
 
 
 def _writable(folder: Path) -> bool:
@@ -152,11 +157,13 @@ def load_or_train(
     seed: int = 0,
     progress: bool = True,
     model_kwargs: dict | None = None,
+    read_only: int = 0,
 ) -> tuple[DigitClassifier, dict]:
     """The classifier for this data: loaded from the first of ``cache_dirs`` that holds one
     with the data's fingerprint, else trained (``train_classifier`` with ``epochs``, ``seed``
     and the ``DigitClassifier`` arguments ``model_kwargs``) and saved into the first writable
-    one. Returns (model in eval mode, info: accuracy, epochs, fingerprint, path, trained)."""
+    one after the first ``read_only`` (only searched). Returns (model in eval mode, info:
+    accuracy, epochs, fingerprint, path, trained)."""
     model_kwargs = dict(model_kwargs or {})
     key = fingerprint(train.x, train.y, test.x, test.y)
     name = f"digit_classifier-{key}.pt"
@@ -174,7 +181,7 @@ def load_or_train(
         train, test, epochs=epochs, seed=seed, progress=progress, **model_kwargs
     )
     info = {"accuracy": acc, "epochs": epochs, "fingerprint": key, "trained": True, "path": ""}
-    folder = next((Path(f) for f in cache_dirs if _writable(Path(f))), None)
+    folder = next((Path(f) for f in cache_dirs[read_only:] if _writable(Path(f))), None)
     if folder is None:
         log.warning("No writable cache dir among %s: the classifier is not cached", cache_dirs)
         return model, info
