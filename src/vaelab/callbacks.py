@@ -10,9 +10,18 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import CatMetric, MeanMetric, MinMetric
 
 from vaelab.latent import encode_dataset, interpolate, project_2d
+from vaelab.metrics import (
+    active_units,
+    dataset_log_likelihood,
+    is_binary,
+    mean_kl_per_dimension,
+    nll_label,
+)
 from vaelab.plotting import (
+    bar_figure,
     grid_figure,
     image_grid,
     latent_space_figure,
@@ -203,3 +212,85 @@ class EpochThroughput(L.Callback):
             seconds = time.perf_counter() - self._start
             self.records.append((trainer.current_epoch, self._samples, seconds))
             pl_module.log("train/samples_per_sec", self._samples / seconds, logger=True)
+
+
+class TestMetrics(L.Callback):
+    """At the end of every test stage, the cheap evaluation metrics of ``vaelab.metrics``
+    (``eval.py`` computes them all). Logged like the module's metrics: ``test/active_units``
+    and, when ``nll_k`` > 0, ``test/nll`` (importance sampled with ``nll_k`` samples, nats
+    per image), ``test/nll_k`` and ``test/nll_normalized`` (see ``metrics.nll_label``).
+    The KL per latent dimension and the variance of each unit's posterior mean go to the
+    loggers as ``test/kl_dim/<d>`` and ``test/active_unit_variance/<d>`` (not to the printed
+    table), and as the lists ``test/kl_per_dim`` and ``test/active_unit_variance`` to
+    ``test_metrics``, which train.py adds to metrics.json; a bar chart of the KL per
+    dimension goes to TensorBoard."""
+
+    def __init__(
+        self,
+        nll_k: int = 100,
+        max_rows: int = 4096,
+        active_unit_threshold: float = 0.01,
+        seed: int = 0,
+    ) -> None:
+        self.nll_k = nll_k
+        self.max_rows = max_rows
+        self.threshold = active_unit_threshold
+        self.seed = seed
+        self.test_metrics: dict[str, list[float]] = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # torchmetrics gathers across processes under DDP, like the module's own means
+        device = pl_module.device
+        self._mu, self._logvar = CatMetric().to(device), CatMetric().to(device)
+        self._nll, self._binary = MeanMetric().to(device), MinMetric().to(device)
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        x, _ = batch
+        net = pl_module.net
+        mu, logvar = net.encode(x)
+        self._mu.update(mu)
+        self._logvar.update(logvar)
+        self._binary.update(float(is_binary(x)))
+        if self.nll_k > 0:
+            log_px = dataset_log_likelihood(
+                net, x, self.nll_k, pl_module.hparams.likelihood, self.max_rows,
+                seed=self.seed * 7919 + batch_idx,
+            )  # fmt: skip
+            self._nll.update(-log_px)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._mu.update_count:
+            return
+        mu, logvar = self._mu.compute(), self._logvar.compute()
+        count, variances = active_units(mu, self.threshold)
+        kl = mean_kl_per_dimension(mu, logvar)
+        pl_module.log("test/active_units", float(count))
+        per_dim = {"test/kl_dim": kl, "test/active_unit_variance": variances}
+        # vectors: to the loggers and metrics.json, not to the printed table of test results
+        self.test_metrics = {
+            "test/kl_per_dim": kl.tolist(),
+            "test/active_unit_variance": variances.tolist(),
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"{name}/{d}": float(v) for name, vs in per_dim.items() for d, v in enumerate(vs)},
+                step=trainer.global_step,
+            )
+        if self.nll_k > 0:
+            binary = bool(self._binary.compute() == 1.0)
+            normalized, _ = nll_label(pl_module.hparams.likelihood, binary)
+            pl_module.log("test/nll", self._nll.compute())
+            pl_module.log("test/nll_k", float(self.nll_k))
+            pl_module.log("test/nll_normalized", float(normalized))
+        if trainer.is_global_zero:
+            fig = bar_figure(
+                kl.tolist(),
+                range(len(kl)),
+                "KL per latent dimension (test mean)",
+                "latent dimension",
+                "KL (nats per image)",
+            )
+            for writer in _tensorboards(trainer):
+                writer.add_figure("test/kl_per_dim", fig, global_step=trainer.global_step)

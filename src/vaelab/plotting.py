@@ -113,3 +113,28 @@ def sweep_figure(rows: Sequence[Mapping], params: Sequence[str], metrics: Sequen
             ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def bar_figure(
+    values: Sequence[float],
+    labels: Sequence[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    threshold: float | None = None,
+) -> Figure:
+    """Bars of ``values`` named by ``labels``, with an optional dashed horizontal line."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(values) + 2), 3.6))
+    positions = range(len(values))
+    ax.bar(positions, [float(v) for v in values], color="tab:blue")
+    ax.set_xticks(positions, [str(label) for label in labels])
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(values) > 16:
+        ax.tick_params(axis="x", labelsize=7, rotation=90)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

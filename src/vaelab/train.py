@@ -122,6 +122,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
+        for callback in trainer.callbacks:  # per-dimension lists, e.g. from TestMetrics
+            metrics.update(getattr(callback, "test_metrics", {}))
     best_score = checkpoint.best_model_score if isinstance(checkpoint, ModelCheckpoint) else None
     metrics["val/loss"] = (
         float(best_score) if best_score is not None else fit_metrics.get("val/loss", math.nan)

@@ -1,0 +1,84 @@
+"""Generation entry point behind ``sample.py``: prior samples, an interpolation between two
+test images and a latent traversal, as PNGs in the run dir."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from vaelab.errors import VaelabError
+from vaelab.evaluate import load_data, load_model, resolve_device
+from vaelab.latent import interpolate
+from vaelab.metrics import mean_kl_per_dimension
+from vaelab.plotting import grid_figure, image_grid, save_figure
+
+log = logging.getLogger(__name__)
+
+
+def _check_indices(indices, n: int, name: str) -> list[int]:
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad or not indices:
+        raise VaelabError(f"{name}={indices} must be indices of test images, between 0 and {n - 1}")
+    return indices
+
+
+def traversal_grid(net, base_mu: torch.Tensor, dim: int, span: float, steps: int):
+    """Decoded z that equal each base mean [R, D] but for dimension ``dim``, which runs
+    from -span to +span in ``steps``: images [R * steps, *image], row by row."""
+    values = torch.linspace(-span, span, steps, device=base_mu.device)
+    z = base_mu.unsqueeze(1).repeat(1, steps, 1)
+    z[:, :, dim] = values
+    return net.decode(z.flatten(0, 1))
+
+
+@torch.inference_mode()
+def generate(cfg: DictConfig) -> dict[str, Path]:
+    """Write samples.png, interpolation.png and traversal.png; return their paths."""
+    if int(cfg.num_samples) < 1:
+        raise VaelabError(f"num_samples={cfg.num_samples} must be at least 1")
+    device = resolve_device(cfg.get("device", "auto"))
+    model = load_model(cfg.get("ckpt_path"), device)
+    test = load_data(cfg, model).data_test
+    net = model.net
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    paths = {name: out_dir / f"{name}.png" for name in ("samples", "interpolation", "traversal")}
+
+    samples = net.sample(int(cfg.num_samples), generator=gen)
+    nrow = math.ceil(math.sqrt(len(samples)))
+    title = f"{len(samples)} samples from the prior"
+    save_figure(grid_figure(image_grid(samples, nrow=nrow), title), paths["samples"])
+
+    a, b = _check_indices(cfg.interpolation.indices, len(test), "interpolation.indices")[:2]
+    x, y = test[torch.tensor([a, b])]
+    mu, _ = net.encode(x.to(device))
+    path = net.decode(interpolate(mu[0], mu[1], int(cfg.interpolation.steps)))
+    row = torch.cat([x[:1].to(device), path, x[1:].to(device)])
+    title = (
+        f"Test images {a} (digit {int(y[0])}) and {b} (digit {int(y[1])}): originals at the ends"
+    )
+    save_figure(grid_figure(image_grid(row, nrow=len(row)), title), paths["interpolation"])
+
+    rows = _check_indices(cfg.traversal.indices, len(test), "traversal.indices")
+    dim = cfg.traversal.dim
+    if dim is None:  # the most informative dimension: largest mean KL over some test images
+        mu_all, logvar_all = net.encode(test[torch.arange(min(len(test), 1000))][0].to(device))
+        dim = int(mean_kl_per_dimension(mu_all, logvar_all).argmax())
+    if not 0 <= int(dim) < net.latent_dim:
+        raise VaelabError(
+            f"traversal.dim={dim} must be between 0 and {net.latent_dim - 1} (the latent size)"
+        )
+    base, _ = net.encode(test[torch.tensor(rows)][0].to(device))
+    steps, span = int(cfg.traversal.steps), float(cfg.traversal.range)
+    images = traversal_grid(net, base, int(dim), span, steps)
+    title = f"Latent dimension {dim} from {-span:g} to {span:g}, one test image per row"
+    save_figure(grid_figure(image_grid(images, nrow=steps), title), paths["traversal"])
+    for name, p in paths.items():
+        log.info("Wrote %s: %s", name, p)
+    return paths
