@@ -2,8 +2,8 @@
 
     python scripts/benchmark.py [--epochs 3] [--rounds 1] [--data-root DIR] [--json FILE]
 
-Alternates, round by round, (a) a faithful plain-PyTorch copy of the reference training loop
-(per-sample Dataset, DataLoader(batch_size=128, shuffle=True, num_workers=2), Adam 1e-3,
+Alternates, round by round and each in a fresh process, (a) a faithful plain-PyTorch copy of
+the reference training loop (per-sample Dataset, DataLoader(batch_size=128, shuffle=True, num_workers=2), Adam 1e-3,
 gradient-norm clipping 1.0, the same 784-256-256-32 model, BCE on sigmoid outputs) and (b)
 vaelab's own training path: the default config through ``vaelab.train.build`` and the
 Trainer. Both train on all 60 000 training images (``experiment=seed_reference``) and are
@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,6 +122,7 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
                 "experiment=seed_reference",
                 f"paths.data_dir={data_root}",
                 f"trainer.max_epochs={epochs}",
+                "callbacks.test_metrics=null",  # time the ELBO test pass alone (NLL: see below)
                 *overrides,
             ],
         )
@@ -143,6 +145,35 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
     }
 
 
+def run_side(side: str, data_root: Path, args) -> dict:
+    if side == "vaelab":
+        return run_vaelab(data_root, args.epochs, args.overrides)
+    paths = ensure_files(data_root / "MNIST" / "raw", download_missing=False)
+    train = ReferenceMNIST(*load_split(paths, "train", None))
+    test = ReferenceMNIST(*load_split(paths, "test", None))
+    return run_reference(train, test, args.epochs, args.seed)
+
+
+def run_in_subprocess(side: str, args) -> dict:
+    """Each run in a fresh process, so neither inherits the other's threads, forked data
+    workers or allocator state."""
+    command = [
+        sys.executable,
+        __file__,
+        "--side",
+        side,
+        "--epochs",
+        str(args.epochs),
+        "--data-root",
+        args.data_root,
+        "--seed",
+        str(args.seed),
+        *args.overrides,
+    ]
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -150,19 +181,19 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data"))
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--side", choices=["reference", "vaelab"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for vaelab's run")
     args = parser.parse_args()
 
     data_root = Path(args.data_root).resolve()
-    paths = ensure_files(data_root / "MNIST" / "raw", download_missing=False)
-    train = ReferenceMNIST(*load_split(paths, "train", None))
-    test = ReferenceMNIST(*load_split(paths, "test", None))
+    if args.side:  # one side in this fresh process; the parent reads its JSON line
+        print(json.dumps(run_side(args.side, data_root, args)))
+        return
     results: dict[str, list[dict]] = {"reference": [], "vaelab": []}
     for round_ in range(args.rounds):
-        print(f"round {round_ + 1}/{args.rounds}: reference ...", file=sys.stderr, flush=True)
-        results["reference"].append(run_reference(train, test, args.epochs, args.seed))
-        print(f"round {round_ + 1}/{args.rounds}: vaelab ...", file=sys.stderr, flush=True)
-        results["vaelab"].append(run_vaelab(data_root, args.epochs, args.overrides))
+        for side in ("reference", "vaelab"):
+            print(f"round {round_ + 1}/{args.rounds}: {side} ...", file=sys.stderr, flush=True)
+            results[side].append(run_in_subprocess(side, args))
 
     def median(name, key):
         return statistics.median(r[key] for r in results[name])
