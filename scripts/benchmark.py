@@ -4,10 +4,11 @@
 
 Alternates, round by round and each in a fresh process, (a) a faithful plain-PyTorch copy of
 the reference training loop (per-sample Dataset, DataLoader(batch_size=128, shuffle=True,
-num_workers=2), Adam 1e-3, gradient-norm clipping 1.0, the same 784-256-256-32 model, BCE
-on sigmoid outputs) and (b) vaelab's own training path: the default config through ``vaelab.train.build`` and the
-Trainer. Both train on all 60 000 training images (``experiment=seed_reference``) and are
-scored on the 10 000 test images after E epochs. Prints a table; ``--json`` writes it too.
+num_workers=2), Adam 1e-3, gradient-norm clipping 1.0, the same 784-256-256-32 model, BCE on
+sigmoid outputs) and (b) vaelab's own training path: the default config through
+``vaelab.train.build`` and the Trainer. Both train on all 60 000 training images
+(``experiment=seed_reference``) and are scored on the 10 000 test images after E epochs.
+Prints a table; ``--json`` writes it too.
 """
 
 from __future__ import annotations
