@@ -54,6 +54,17 @@ def test_bad_value_is_rejected_before_data_or_model(tmp_path, override, message)
     assert not (tmp_path / "empty").exists() and not (tmp_path / "checkpoints").exists()
 
 
+def test_conv_architecture_needs_two_channel_counts(tmp_path):
+    overrides = [f"paths.data_dir={tmp_path / 'empty'}", "model=conv_vae", "model.hidden_dims=[32]"]
+    with pytest.raises(VaelabError) as err:
+        train(compose_train(overrides, tmp_path))
+    assert str(err.value) == (
+        "model.hidden_dims=[32] must be two channel counts, e.g. [32,64], "
+        "with model.architecture='conv'"
+    )
+    assert not (tmp_path / "empty").exists()
+
+
 def test_every_bad_value_gets_its_own_line(tmp_path):
     cfg = compose_train(["model.latent_dim=0", "model.beta=-1", "data.batch_size=0"], tmp_path)
     with pytest.raises(VaelabError) as err:

@@ -212,9 +212,30 @@ def argument_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def architecture_problems(cfg: DictConfig) -> list[str]:
+    """What the conv architecture needs of the other model keys: two stride-2 convolutions
+    (``hidden_dims=[c1, c2]``) on images whose height and width divide by 4."""
+    model = cfg.get("model") or {}
+    if model.get("architecture") != "conv":
+        return []
+    hidden, shape = plain(model.get("hidden_dims")), plain(model.get("input_shape", [1, 28, 28]))
+    problems = []
+    if not isinstance(hidden, list) or len(hidden) != 2:
+        problems.append(
+            f"model.hidden_dims={format_value(hidden)} must be two channel counts, e.g. [32,64], "
+            "with model.architecture='conv'"
+        )
+    if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
+        problems.append(
+            f"model.input_shape={format_value(shape)} must be [C,H,W] with H and W divisible "
+            "by 4 for model.architecture='conv'"
+        )
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise one VaelabError listing every bad value (one line each), or return."""
-    problems = value_problems(cfg) + argument_problems(cfg)
+    problems = value_problems(cfg) + architecture_problems(cfg) + argument_problems(cfg)
     if cfg.get("resume") is not None and cfg.get("ckpt_path") is not None:
         problems.append(
             f"resume={format_value(cfg.resume)} and ckpt_path={format_value(cfg.ckpt_path)}: "
