@@ -3,23 +3,17 @@
 Writes ``logs/eval/runs/<timestamp>/metrics.json``, figures and TensorBoard events, and prints
 a table. See configs/eval.yaml for the options."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
-from vaelab.errors import VaelabError
+from vaelab.errors import run_or_exit
 from vaelab.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except VaelabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_or_exit(evaluate, cfg)
 
 
 if __name__ == "__main__":

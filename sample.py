@@ -3,23 +3,17 @@
 Writes samples.png, interpolation.png and traversal.png into
 ``logs/sample/runs/<timestamp>/``. See configs/sample.yaml for the options."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
-from vaelab.errors import VaelabError
+from vaelab.errors import run_or_exit
 from vaelab.generate import generate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
-        generate(cfg)
-    except VaelabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_or_exit(generate, cfg)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def test_metrics_json_is_complete_and_finite(run_dir):
     for key in ("test/loss", "test/recon", "test/kl", "val/loss", "fit_seconds"):
         assert math.isfinite(metrics[key]), key
     assert metrics["epochs"] == 2
+    assert metrics["train/samples_per_sec_last"] > 0  # EpochThroughput, logged each epoch
     assert metrics["test/loss"] == pytest.approx(
         metrics["test/recon"] + metrics["test/kl"], rel=1e-5
     )
