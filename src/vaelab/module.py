@@ -133,7 +133,7 @@ class VAELitModule(L.LightningModule):
     def current_beta(self) -> float:
         """The KL weight at this optimizer step, from ``kl_schedule``."""
         hp = self.hparams
-        total = self.trainer.estimated_stepping_batches if hp.kl_schedule == "cyclical" else 1
+        total = self._total_steps if hp.kl_schedule == "cyclical" else 1
         return kl_weight(
             self.global_step,
             hp.beta,
@@ -165,6 +165,10 @@ class VAELitModule(L.LightningModule):
             else (terms.kl.mean())
         )
         return terms.recon.mean() + self.current_beta() * kl_term, terms
+
+    def on_train_start(self) -> None:
+        # the cyclical schedule's length, read once: Lightning recomputes it on each access
+        self._total_steps = int(self.trainer.estimated_stepping_batches)
 
     def configure_model(self) -> None:
         if self.hparams.compile:  # in place: parameter names, hence checkpoints, stay the same
