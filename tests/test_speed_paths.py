@@ -1,4 +1,5 @@
-"""Speed options leave the maths unchanged: fused Adam, torch.compile, the logit BCE path."""
+"""Speed options leave the maths unchanged: fused Adam, torch.compile, the logit BCE path,
+oneDNN linear layers."""
 
 import copy
 
@@ -6,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vaelab.fast_linear import OneDNNLinear, onednn_available
 from vaelab.losses import elbo_loss
 from vaelab.models import VAE
 from vaelab.module import VAELitModule
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 
 
 def one_adam_step(net, x, **adam_kwargs):
@@ -57,3 +61,45 @@ def test_compiled_module_gives_the_same_loss_and_checkpoint_keys(monkeypatch):
     b = compiled.elbo_terms(x).loss
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+def loss_and_grads(net, x):
+    torch.manual_seed(0)
+    out = net(x)
+    loss = elbo_loss(out.logits, x, out.mu, out.logvar).loss.mean()
+    loss.backward()
+    return loss, [p.grad for p in net.parameters()]
+
+
+@needs_onednn
+def test_onednn_linear_gives_the_loss_and_gradients_of_nn_linear():
+    torch.manual_seed(6)
+    plain = VAE(hidden_dims=[128, 64], latent_dim=8, onednn_linear=False)
+    fast = VAE(hidden_dims=[128, 64], latent_dim=8, onednn_linear=True)
+    fast.load_state_dict(plain.state_dict())  # the same parameters and state-dict keys
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert any(type(m) is OneDNNLinear for m in fast.modules())
+    assert not any(type(m) is OneDNNLinear for m in plain.modules())
+    x = torch.rand(50, 1, 28, 28)
+    loss_plain, grads_plain = loss_and_grads(plain, x)
+    loss_fast, grads_fast = loss_and_grads(fast, x)
+    torch.testing.assert_close(loss_fast, loss_plain, rtol=1e-5, atol=0)
+    for a, b in zip(grads_fast, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@needs_onednn
+def test_onednn_linear_takes_strided_inputs_and_falls_back_off_its_path():
+    torch.manual_seed(7)
+    layer = OneDNNLinear(6, 5)
+    reference = torch.nn.Linear(6, 5)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(6, 3).t()  # [3, 6], column-major
+    assert not x.is_contiguous()
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-6, atol=1e-6)
+    batched = torch.randn(2, 3, 6)  # 3-d input: nn.Linear's own path
+    torch.testing.assert_close(layer(batched), reference(batched))
+    double = layer.double()
+    assert double(torch.randn(4, 6, dtype=torch.float64)).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.float()(torch.randn(4, 6)).dtype == torch.bfloat16

@@ -107,11 +107,14 @@ class VAELitModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         compile: bool = False,
+        onednn_linear: bool = True,
     ) -> None:
         super().__init__()
         input_shape, hidden_dims = list(input_shape), list(hidden_dims)  # plain lists in the ckpt
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = build_network(architecture, input_shape, hidden_dims, latent_dim, batch_norm)
+        self.net = build_network(
+            architecture, input_shape, hidden_dims, latent_dim, batch_norm, onednn_linear
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.epoch_means = nn.ModuleDict({f"{split}_means": EpochMeans() for split in SPLITS})
