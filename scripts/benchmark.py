@@ -8,7 +8,10 @@ num_workers=2), Adam 1e-3, gradient-norm clipping 1.0, the same 784-256-256-32 m
 sigmoid outputs) and (b) vaelab's own training path: the default config through
 ``vaelab.train.build`` and the Trainer. Both train on all 60 000 training images
 (``experiment=seed_reference``) and are scored on the 10 000 test images after E epochs.
-Prints a table; ``--json`` writes it too.
+Prints a table; ``--json`` writes it too. vaelab's run also times the importance-sampled NLL
+(``vaelab.metrics.dataset_log_likelihood``, ``--nll-k`` samples per image, default 5000) on the
+first ``--nll-images`` test images and extrapolates it to the 10 000 of the test set
+(``--nll-images 10000`` times all of them; ``--nll-images 0`` skips it).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 import vaelab
 from vaelab.callbacks import EpochThroughput
 from vaelab.data.files import ensure_files, load_split
+from vaelab.metrics import dataset_log_likelihood
 from vaelab.train import build, setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +116,22 @@ def run_reference(train, test, epochs: int, seed: int) -> dict:
 
 
 # ---- (b) vaelab through the Trainer -------------------------------------------------------
-def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
+def time_nll(net: nn.Module, x: torch.Tensor, k: int, likelihood: str) -> dict:
+    """Seconds of the importance-sampled NLL with k samples on images x, as eval.py runs it."""
+    start = time.perf_counter()
+    nll = -dataset_log_likelihood(net.eval(), x, k, likelihood)
+    seconds = time.perf_counter() - start
+    return {
+        "nll_k": k,
+        "nll_images": len(x),
+        "nll_seconds": seconds,
+        "nll_images_per_sec": len(x) / seconds,
+        "nll_seconds_for_10000_images": seconds * 10000 / len(x),
+        "nll": float(nll.mean()),
+    }
+
+
+def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, nll_images: int):
     with (
         tempfile.TemporaryDirectory() as out,
         initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"),
@@ -136,6 +155,8 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
         start = time.perf_counter()
         test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         test_seconds = time.perf_counter() - start
+        x_test = datamodule.data_test[torch.arange(min(nll_images, len(datamodule.data_test)))][0]
+        nll = time_nll(model.net, x_test, nll_k, model.hparams.likelihood) if nll_images else {}
     samples = sum(r[1] for r in timer.records)
     seconds = [r[2] for r in timer.records]
     return {
@@ -143,12 +164,13 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str]) -> dict:
         "epoch_seconds": seconds,
         "test_images_per_sec": len(datamodule.data_test) / test_seconds,
         "test_loss": test["test/loss"],
+        **nll,
     }
 
 
 def run_side(side: str, data_root: Path, args) -> dict:
     if side == "vaelab":
-        return run_vaelab(data_root, args.epochs, args.overrides)
+        return run_vaelab(data_root, args.epochs, args.overrides, args.nll_k, args.nll_images)
     paths = ensure_files(data_root / "MNIST" / "raw", download_missing=False)
     train = ReferenceMNIST(*load_split(paths, "train", None))
     test = ReferenceMNIST(*load_split(paths, "test", None))
@@ -169,6 +191,10 @@ def run_in_subprocess(side: str, args) -> dict:
         args.data_root,
         "--seed",
         str(args.seed),
+        "--nll-k",
+        str(args.nll_k),
+        "--nll-images",
+        str(args.nll_images),
         *args.overrides,
     ]
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -182,6 +208,8 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data"))
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--nll-k", type=int, default=5000, help="importance samples per image")
+    parser.add_argument("--nll-images", type=int, default=1000, help="test images for the NLL")
     parser.add_argument("--side", choices=["reference", "vaelab"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for vaelab's run")
     args = parser.parse_args()
@@ -213,6 +241,18 @@ def main() -> None:
         "vaelab_test_loss": median("vaelab", "test_loss"),
         "reference_test_images_per_sec": median("reference", "test_images_per_sec"),
         "vaelab_test_images_per_sec": median("vaelab", "test_images_per_sec"),
+        **(
+            {
+                "nll_k": args.nll_k,
+                "nll_images": args.nll_images,
+                "vaelab_nll_images_per_sec": median("vaelab", "nll_images_per_sec"),
+                "vaelab_nll_seconds_for_10000_images": median(
+                    "vaelab", "nll_seconds_for_10000_images"
+                ),
+            }
+            if args.nll_images
+            else {}
+        ),
         "runs": results,
         "vaelab_version": vaelab.__version__,
     }
@@ -223,6 +263,12 @@ def main() -> None:
     print(f"{'test loss (nats/image)':28}{ref_test:12.2f}{our_test:12.2f}")
     ref_eval, our_eval = (summary[f"{n}_test_images_per_sec"] for n in ("reference", "vaelab"))
     print(f"{'test ELBO images/s':28}{ref_eval:12.0f}{our_eval:12.0f}{our_eval / ref_eval:8.2f}")
+    if args.nll_images:
+        per_sec, full = (
+            summary[f"vaelab_nll_{key}"] for key in ("images_per_sec", "seconds_for_10000_images")
+        )
+        print(f"{f'NLL k={args.nll_k} images/s':28}{'-':>12}{per_sec:12.1f}")
+        print(f"{'NLL, 10 000 test images':28}{'-':>12}{full:11.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
 
