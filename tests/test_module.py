@@ -32,6 +32,7 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 
 
 def test_validation_loss_is_the_exact_mean_over_images(datamodule):
+    torch.manual_seed(4)  # a fixed model whose batch means differ clearly from the exact mean
     model = VAELitModule(hidden_dims=[32], latent_dim=4)
     torch.manual_seed(123)
     logged = quiet_trainer().validate(model, datamodule=datamodule, verbose=False)[0]
@@ -87,3 +88,24 @@ def test_checkpoint_alone_rebuilds_the_model(datamodule, tmp_path):
     assert loaded.hparams.likelihood == "gaussian" and loaded.hparams.beta == 2.0
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_bf16_mixed_with_clipping_trains_with_the_default_fused_adam(datamodule):
+    # Lightning refuses to clip a fused optimizer's gradients under mixed precision
+    fused = functools.partial(torch.optim.Adam, lr=1e-3, fused=True)
+    model = VAELitModule(hidden_dims=[32], latent_dim=4, optimizer=fused)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        precision="bf16-mixed",
+        gradient_clip_val=1.0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 2
+    assert not trainer.optimizers[0].defaults["fused"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # without a Trainer's mixed precision the fused step stays
+    alone = VAELitModule(hidden_dims=[32], latent_dim=4, optimizer=fused)
+    assert alone.configure_optimizers().defaults["fused"]

@@ -226,9 +226,22 @@ class VAELitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def _clips_mixed(self) -> bool:
+        """Whether the Trainer clips gradients and runs mixed precision (bf16-mixed, 16-mixed)."""
+        trainer = self._trainer
+        return (
+            trainer is not None
+            and "mixed" in str(trainer.precision)
+            and bool(trainer.gradient_clip_val)
+        )
+
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
         optimizer = factory(params=self.parameters())
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and self._clips_mixed():
+            # Lightning refuses to clip a fused optimizer's gradients under mixed precision
+            # (it would unscale them inside its step); the unfused step is the same maths
+            optimizer = factory(params=self.parameters(), fused=False)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
