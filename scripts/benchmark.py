@@ -168,6 +168,16 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, n
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def run_side(side: str, data_root: Path, args) -> dict:
     if side == "vaelab":
         return run_vaelab(data_root, args.epochs, args.overrides, args.nll_k, args.nll_images)
@@ -229,8 +239,9 @@ def main() -> None:
 
     ref_speed, our_speed = (median(n, "train_samples_per_sec") for n in ("reference", "vaelab"))
     summary = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
+        f"{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
         "epochs": args.epochs,
         "rounds": args.rounds,
         "overrides": args.overrides,
