@@ -76,6 +76,22 @@ def test_missing_files_without_download(tmp_path):
         ensure_files(tmp_path / "MNIST" / "raw", download_missing=False)
 
 
+@pytest.mark.parametrize("download", [True, False])
+def test_data_dir_naming_the_raw_folder_itself_is_refused_without_writing(tmp_path, download):
+    # DATA_ROOT=/data/MNIST/raw instead of DATA_ROOT=/data: one line saying which value to use,
+    # and nothing created or downloaded inside the (maybe shared, read-only) data folder
+    make_synthetic_mnist(tmp_path, n_train=30, n_test=10)
+    raw = tmp_path / "MNIST" / "raw"
+    before = sorted(p.name for p in raw.iterdir())
+    with pytest.raises(VaelabError) as err:
+        ensure_files(
+            raw / "MNIST" / "raw", mirrors=["http://127.0.0.1:9"], download_missing=download
+        )
+    message = str(err.value)
+    assert f"DATA_ROOT={tmp_path}" in message and "\n" not in message
+    assert sorted(p.name for p in raw.iterdir()) == before
+
+
 def test_extracted_files_and_search_dirs_are_found(tmp_path):
     make_synthetic_mnist(tmp_path / "elsewhere", n_train=30, n_test=10)
     source = tmp_path / "elsewhere" / "MNIST" / "raw"

@@ -89,6 +89,20 @@ def ensure_files(
     md5 of the decompressed bytes, when given); one clear error if impossible."""
     found = {name: find_file(folder, name, search_dirs) for name in FILE_NAMES}
     missing = [name for name, path in found.items() if path is None]
+    data_dir = folder.parent.parent
+    if missing and all(find_file(data_dir, name) for name in missing):
+        # DATA_ROOT named the folder of the files itself: say so, instead of downloading
+        # into <it>/<dataset>/raw (a folder that may be shared and read-only)
+        layout = f"{folder.parent.name}/raw"
+        fix = (
+            f"DATA_ROOT={data_dir.parent.parent}"
+            if data_dir.as_posix().endswith(f"/{layout}")
+            else f"move the files into {folder}"
+        )
+        raise VaelabError(
+            f"DATA_ROOT / paths.data_dir={data_dir} holds the data files themselves, but it must "
+            f"name the folder that holds {layout}/: {fix}"
+        )
     if missing and not download_missing:
         raise VaelabError(
             f"MNIST-format files missing from {folder}: {', '.join(missing)}. Copy them there "
