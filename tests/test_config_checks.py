@@ -8,7 +8,13 @@ from conftest import ROOT, compose_train, synthetic_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from vaelab.config_checks import NamesFrom, Rule, int_at_least, value_problems
+from vaelab.config_checks import (
+    NamesFrom,
+    Rule,
+    accelerator_problems,
+    int_at_least,
+    value_problems,
+)
 from vaelab.errors import VaelabError
 from vaelab.train import train
 
@@ -138,3 +144,15 @@ def test_cli_prints_one_error_line_per_bad_value(capsys):
         "error: model.latent_dim=0 must be ...",
         "error: model.beta=-1 must be ...",
     ]
+
+
+def test_gpu_without_a_gpu_is_one_line_before_anything_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # as on a CPU-only machine
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'empty'}", "trainer=gpu"], tmp_path)
+    with pytest.raises(VaelabError) as err:
+        train(cfg)
+    assert str(err.value).startswith("trainer.accelerator='gpu': this torch (")
+    assert "use trainer=cpu" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "empty").exists()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert accelerator_problems(cfg) == []  # with a GPU the same config passes

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -233,9 +234,21 @@ def architecture_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def accelerator_problems(cfg: DictConfig) -> list[str]:
+    """A GPU asked for where torch sees none (Lightning would stop with a traceback)."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return []
+    return [
+        f"trainer.accelerator={format_value(accelerator)}: this torch ({torch.__version__}) "
+        "sees no CUDA GPU; use trainer=cpu, or a machine with a GPU and a CUDA build of torch"
+    ]
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise one VaelabError listing every bad value (one line each), or return."""
     problems = value_problems(cfg) + architecture_problems(cfg) + argument_problems(cfg)
+    problems += accelerator_problems(cfg)
     if cfg.get("resume") is not None and cfg.get("ckpt_path") is not None:
         problems.append(
             f"resume={format_value(cfg.resume)} and ckpt_path={format_value(cfg.ckpt_path)}: "
