@@ -40,15 +40,17 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def quiet_known_warnings() -> None:
-    """Silence Lightning's advice that does not apply to in-memory batches or to epoch means
-    that torchmetrics already reduces over DDP ranks, and its deprecation notice about torch
-    2.13's pytree API (not ours to fix)."""
+    """Silence Lightning's advice that does not apply to in-memory batches, to epoch means
+    that torchmetrics already reduces over DDP ranks or to a resumed epoch (the data module
+    restores its position itself), and its deprecation notice about torch 2.13's pytree API
+    (not ours to fix)."""
     for pattern in (
         ".*does not have many workers.*",
         ".*`num_workers`.*",
         ".*Trying to infer the `batch_size`.*",
         r".*isinstance\(treespec, LeafSpec\).*",
         ".*when logging on epoch level in distributed setting.*",
+        ".*your dataloader is not resumable.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
