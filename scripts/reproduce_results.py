@@ -1,5 +1,6 @@
-"""Run the experiments of the README's "Training techniques" section on a short budget and
-write their measured numbers to docs/results.md.
+"""Run the README's three experiments on a short budget and write docs/results.md from them.
+
+The experiments are those of the README's "Training techniques" section.
 
     python scripts/reproduce_results.py --data-root DIR [--epochs N] [--only NAME ...]
         [--out docs/results.md] [--log-dir logs/reproduce] [--override KEY=VALUE ...]

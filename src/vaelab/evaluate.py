@@ -49,7 +49,7 @@ def load_model(ckpt_path: str | None, device: torch.device) -> VAELitModule:
     try:
         model = VAELitModule.load_from_checkpoint(path, map_location=device)
     except Exception as err:  # noqa: BLE001 - any failure means: not a usable checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = " ".join(f"{type(err).__name__} {err}".split())[:120]
         raise VaelabError(
             f"ckpt_path={ckpt_path} is not a readable VAELitModule checkpoint ({reason}); "
             "pass one written by train.py"
