@@ -78,6 +78,10 @@ def test_multirun_writes_a_summary_with_one_row_per_job(synthetic_root, tmp_path
         rows = list(csv.DictReader(f))
     assert [r["model.latent_dim"] for r in rows] == ["2", "4"]
     assert all(math.isfinite(float(r["test/loss"])) and r["status"] == "ok" for r in rows)
+    for row in rows:  # the job's own test metrics, NLL and active units included
+        job = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        for key in ("test/loss", "test/nll", "test/active_units"):
+            assert float(row[key]) == pytest.approx(job[key], rel=1e-4)
     assert "| model.latent_dim |" in (sweep / "summary.md").read_text()
     with Image.open(sweep / "summary.png") as image:
         image.verify()

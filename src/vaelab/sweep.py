@@ -22,6 +22,8 @@ METRICS = (
     "test/loss",
     "test/recon",
     "test/kl",
+    "test/nll",
+    "test/active_units",
     "val/loss",
     "val/active_units_last",
     "epochs",
