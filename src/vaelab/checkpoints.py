@@ -54,8 +54,13 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     return dict(checkpoint)
 
 
+def error_reason(err: Exception, limit: int = 120) -> str:
+    """An exception as one short line for an error message: its type and text."""
+    return " ".join(f"{type(err).__name__} {err}".split())[:limit]
+
+
 def _not_a_checkpoint(key: str, path: Path, err: Exception) -> VaelabError:
-    reason = " ".join(f"{type(err).__name__} {err}".split())[:120]
+    reason = error_reason(err)
     return VaelabError(
         f"{key}={path}: not a PyTorch checkpoint, or truncated ({reason}); pass a .ckpt file "
         "written by train.py (<run_dir>/checkpoints/*.ckpt)"

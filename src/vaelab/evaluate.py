@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from vaelab import metrics as M
+from vaelab.checkpoints import error_reason
 from vaelab.classifier import Images, cache_dirs, classify, load_or_train
 from vaelab.data.files import ensure_files, load_split
 from vaelab.errors import VaelabError
@@ -49,7 +50,7 @@ def load_model(ckpt_path: str | None, device: torch.device) -> VAELitModule:
     try:
         model = VAELitModule.load_from_checkpoint(path, map_location=device)
     except Exception as err:  # noqa: BLE001 - any failure means: not a usable checkpoint
-        reason = " ".join(f"{type(err).__name__} {err}".split())[:120]
+        reason = error_reason(err)
         raise VaelabError(
             f"ckpt_path={ckpt_path} is not a readable VAELitModule checkpoint ({reason}); "
             "pass one written by train.py"
