@@ -12,6 +12,7 @@ import torch
 from conftest import make_synthetic_mnist, write_idx
 
 from vaelab.data import MNISTDataModule, read_idx
+from vaelab.data.datamodule import InMemoryImages
 from vaelab.data.files import FILE_NAMES, ensure_files
 from vaelab.errors import VaelabError
 
@@ -174,3 +175,13 @@ def test_batches_cover_the_split_once_with_a_smaller_last_batch(small_root):
         torch.unique(dm.data_train.images.flatten(1).float() / 255, dim=0)
     )
     assert [len(y) for _, y in dm.val_dataloader()] == [40, 10]
+
+
+def test_a_batch_is_the_images_scaled_to_unit_range_exactly():
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(50) % 10
+    indices = torch.tensor([7, 0, 49, 7])
+    x, y = InMemoryImages(images, labels)[indices]
+    assert x.dtype == torch.float32 and x.shape == (4, 1, 28, 28)
+    assert torch.equal(x, images[indices].unsqueeze(1).float() / 255)
+    assert torch.equal(y, labels[indices])

@@ -226,14 +226,35 @@ class VAELitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def _mixed_precision(self) -> bool:
+        """Whether the Trainer runs mixed precision (bf16-mixed, 16-mixed)."""
+        return self._trainer is not None and "mixed" in str(self._trainer.precision)
+
     def _clips_mixed(self) -> bool:
-        """Whether the Trainer clips gradients and runs mixed precision (bf16-mixed, 16-mixed)."""
-        trainer = self._trainer
-        return (
-            trainer is not None
-            and "mixed" in str(trainer.precision)
-            and bool(trainer.gradient_clip_val)
-        )
+        """Whether the Trainer clips gradients and runs mixed precision."""
+        return self._mixed_precision() and bool(self._trainer.gradient_clip_val)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """The Trainer's clipping (``trainer.gradient_clip_val``, ``gradient_clip_algorithm``).
+
+        Norm clipping of a fused optimizer in full precision is done inside its step: the
+        factor min(1, clip / (norm + 1e-6)) of ``clip_grad_norm_`` goes to the fused kernel as
+        the divisor ``grad_scale`` (the hook ``torch.amp.GradScaler`` uses), which saves a pass
+        over every gradient; the gradients and the update are those of clip-then-step to fp32
+        rounding (tests/test_speed_paths.py). Anything else clips as Lightning does."""
+        if (
+            gradient_clip_val
+            and (gradient_clip_algorithm or "norm") == "norm"  # None: Lightning's default
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+            and not self._mixed_precision()
+        ):
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+            optimizer.grad_scale = torch.clamp((norm + 1e-6) / gradient_clip_val, min=1.0)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))

@@ -1,0 +1,93 @@
+"""Epoch time of the default training path with gradient clipping inside the fused Adam step
+against Lightning's own clipping (``clip_grad_norm_`` then the step), in one process.
+
+    python scripts/bench_clip.py [--rounds 6] [--data-root DIR]
+
+Both sides are ``VAELitModule`` with the default fused Adam under a bare Trainer
+(``gradient_clip_val=1.0``, no validation, logger or callbacks), one training epoch of the 60 000
+MNIST training images per fit; the sides alternate epoch by epoch, so the drift of a shared
+machine falls on both. Prints each round and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from vaelab.data.datamodule import InMemoryImages, batch_loader
+from vaelab.data.files import ensure_files, load_split
+from vaelab.module import VAELitModule
+
+
+class LightningClipping(VAELitModule):
+    """The module with Lightning's default clipping hook (what ran before the fused path)."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, **kwargs) -> None:
+        L.LightningModule.configure_gradient_clipping(self, optimizer, gradient_clip_val, **kwargs)
+
+
+class TrainBatchTimer(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.is_last_batch:
+            self.seconds = time.perf_counter() - self.start
+
+
+def one_epoch(module: VAELitModule, images: InMemoryImages) -> float:
+    timer = TrainBatchTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        gradient_clip_val=1.0,
+        gradient_clip_algorithm="norm",
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, batch_loader(images, 128, shuffle=True, seed=0))
+    return timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data"))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_flush_denormal(True)
+
+    paths = ensure_files(Path(args.data_root) / "MNIST" / "raw", download_missing=False)
+    images = InMemoryImages(*(torch.as_tensor(a) for a in load_split(paths, "train", None)))
+    adam = functools.partial(torch.optim.Adam, lr=1e-3, fused=True)
+    torch.manual_seed(0)
+    sides = {"clip in fused step": VAELitModule(optimizer=adam)}
+    sides["Lightning's clipping"] = LightningClipping(optimizer=adam)
+    sides["Lightning's clipping"].load_state_dict(sides["clip in fused step"].state_dict())
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(args.rounds):
+        for name, module in sides.items():
+            seconds[name].append(one_epoch(module, images))
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in seconds.items()))
+    medians = {name: statistics.median(s) for name, s in seconds.items()}
+    print("medians: " + ", ".join(f"{n} {m:.3f} s/epoch" for n, m in medians.items()))
+    fused, lightning = medians.values()
+    print(f"clipping in the fused step: {100 * (1 - fused / lightning):.1f} % less time per epoch")
+
+
+if __name__ == "__main__":
+    main()
