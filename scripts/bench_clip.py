@@ -1,12 +1,14 @@
-"""Epoch time of the default training path with gradient clipping inside the fused Adam step
-against Lightning's own clipping (``clip_grad_norm_`` then the step), in one process.
+"""Epoch time with clipping inside the fused Adam step against Lightning's own clipping.
+
+In one process: the default training path with the Trainer's norm clipping handed to the fused
+Adam step, against Lightning's ``clip_grad_norm_`` followed by the step.
 
     python scripts/bench_clip.py [--rounds 6] [--data-root DIR]
 
 Both sides are ``VAELitModule`` with the default fused Adam under a bare Trainer
 (``gradient_clip_val=1.0``, no validation, logger or callbacks), one training epoch of the 60 000
 MNIST training images per fit; the sides alternate epoch by epoch, so the drift of a shared
-machine falls on both. Prints each round and the medians.
+machine falls on both, and the order flips every round. Prints each round and the medians.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ def main() -> None:
     sides["Lightning's clipping"].load_state_dict(sides["clip in fused step"].state_dict())
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for round_ in range(args.rounds):
-        for name, module in sides.items():
-            seconds[name].append(one_epoch(module, images))
+        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))  # ABBA: no order bias
+        for name in order:
+            seconds[name].append(one_epoch(sides[name], images))
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in seconds.items()))
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     print("medians: " + ", ".join(f"{n} {m:.3f} s/epoch" for n, m in medians.items()))
