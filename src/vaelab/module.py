@@ -250,8 +250,8 @@ class VAELitModule(L.LightningModule):
             and getattr(optimizer, "_step_supports_amp_scaling", False)
             and not self._mixed_precision()
         ):
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-            norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+            params = (p for group in optimizer.param_groups for p in group["params"])
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             optimizer.grad_scale = torch.clamp((norm + 1e-6) / gradient_clip_val, min=1.0)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
