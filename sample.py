@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import run_or_exit
-from vaelab.generate import generate
+from vaelab.runs.generate import generate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")

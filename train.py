@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 
 import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import TrainingInterrupted, VaelabError
-from vaelab.resume import resume_argv, resume_command
-from vaelab.sweep import failed_jobs, record_failed_job
-from vaelab.train import train
+from vaelab.runs.resume import resume_argv, resume_command
+from vaelab.runs.sweep import failed_jobs, record_failed_job
+from vaelab.runs.train import train
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from vaelab.callbacks import EpochThroughput
 from vaelab.data.datamodule import InMemoryImages, batch_loader
 from vaelab.data.files import ensure_files, load_split
-from vaelab.module import VAELitModule
+from vaelab.lit.callbacks import EpochThroughput
+from vaelab.lit.module import VAELitModule
 
 
 class LightningClipping(VAELitModule):

@@ -1,4 +1,5 @@
-"""Time the importance-sampled NLL of ``vaelab.metrics.iwae_log_likelihood`` on MNIST test images.
+"""Time the importance-sampled NLL (``vaelab.evaluation.metrics.iwae_log_likelihood``) on
+MNIST test images.
 
     python scripts/bench_nll.py [--ckpt PATH] [--k 5000] [--images 10000] [--max-rows 4096]
                                 [--workers N] [--data-root DIR] [--device cpu] [--json FILE]
@@ -21,9 +22,9 @@ from pathlib import Path
 import torch
 
 from vaelab.data.files import ensure_files, load_split
-from vaelab.metrics import dataset_log_likelihood
-from vaelab.models import VAE
-from vaelab.module import VAELitModule
+from vaelab.evaluation.metrics import dataset_log_likelihood
+from vaelab.lit.module import VAELitModule
+from vaelab.science.models import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
 

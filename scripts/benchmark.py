@@ -6,10 +6,11 @@ Alternates, round by round and each in a fresh process, (a) a faithful plain-PyT
 the reference training loop (per-sample Dataset, DataLoader(batch_size=128, shuffle=True,
 num_workers=2), Adam 1e-3, gradient-norm clipping 1.0, the same 784-256-256-32 model, BCE on
 sigmoid outputs) and (b) vaelab's own training path: the default config through
-``vaelab.train.build`` and the Trainer. Both train on all 60 000 training images
+``vaelab.runs.train.build`` and the Trainer. Both train on all 60 000 training images
 (``experiment=seed_reference``) and are scored on the 10 000 test images after E epochs.
 Prints a table; ``--json`` writes it too. vaelab's run also times the importance-sampled NLL
-(``vaelab.metrics.dataset_log_likelihood``, ``--nll-k`` samples per image, default 5000) on the
+(``vaelab.evaluation.metrics.dataset_log_likelihood``, ``--nll-k`` samples per image,
+default 5000) on the
 first ``--nll-images`` test images and extrapolates it to the 10 000 of the test set
 (``--nll-images 10000`` times all of them; ``--nll-images 0`` skips it).
 """
@@ -37,10 +38,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import vaelab
-from vaelab.callbacks import EpochThroughput
 from vaelab.data.files import ensure_files, load_split
-from vaelab.metrics import dataset_log_likelihood
-from vaelab.train import build, setup_runtime
+from vaelab.evaluation.metrics import dataset_log_likelihood
+from vaelab.lit.callbacks import EpochThroughput
+from vaelab.runs.train import build, setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vaelab.sweep import collect_jobs, swept_params
+from vaelab.runs.sweep import collect_jobs, swept_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BURDA = (
@@ -125,7 +125,7 @@ def run_experiment(name: str, epochs: int, args) -> int:
 
 
 def load_jobs(exp_dir: Path) -> list[dict]:
-    """``vaelab.sweep.collect_jobs`` rows, each with what metrics.json lacks: ``cfg`` (the
+    """``vaelab.runs.sweep.collect_jobs`` rows, each with what metrics.json lacks: ``cfg`` (the
     job's composed config), ``wall`` (seconds from Hydra writing the config to metrics.json)
     and ``steps`` (optimizer steps, from last.ckpt)."""
     rows = collect_jobs(exp_dir)

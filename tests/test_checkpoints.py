@@ -10,7 +10,7 @@ import torch
 from conftest import compose_train, synthetic_overrides
 
 from vaelab.errors import VaelabError
-from vaelab.train import train
+from vaelab.runs.train import train
 
 TINY = [
     "model.hidden_dims=[32]",

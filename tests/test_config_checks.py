@@ -8,15 +8,15 @@ from conftest import ROOT, compose_train, synthetic_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
-from vaelab.config_checks import (
+from vaelab.errors import VaelabError
+from vaelab.runs.config_checks import (
     NamesFrom,
     Rule,
     accelerator_problems,
     int_at_least,
     value_problems,
 )
-from vaelab.errors import VaelabError
-from vaelab.train import train
+from vaelab.runs.train import train
 
 # (override, the line train() must raise); the data dir is empty, so a check that ran after
 # the data were looked up would fail with a missing-file error instead
@@ -39,7 +39,7 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs=0 must be an integer >= 1, or -1 for no limit"),
     ("data.val_size=-1", "data.val_size=-1 must be an integer >= 0"),
     ("model.likelihood=bernouli", "model.likelihood='bernouli' must be one of bernoulli, gaussian"),
-    ("+model.foo=1", "model.foo: vaelab.module.VAELitModule has no argument 'foo'; remove it"),
+    ("+model.foo=1", "model.foo: vaelab.lit.module.VAELitModule has no argument 'foo'; remove it"),
     (
         "+model.optimizer.momentum=0.9",
         "model.optimizer.momentum: torch.optim.Adam has no argument 'momentum'; remove it",
@@ -107,7 +107,7 @@ def test_keys_of_later_features_are_checked_when_present(key, value, message):
 def test_names_rule_is_skipped_while_its_module_is_missing():
     rule = Rule("model.likelihood", NamesFrom("vaelab.not_yet_written", "NAMES"))
     assert value_problems(compose_train(["model.likelihood=anything"]), (rule,)) == []
-    rule = Rule("model.likelihood", NamesFrom("vaelab.losses", "LIKELIHOODS"))
+    rule = Rule("model.likelihood", NamesFrom("vaelab.science.losses", "LIKELIHOODS"))
     assert value_problems(compose_train(["model.likelihood=anything"]), (rule,)) != []
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import CONFIG_DIR, compose_train
 from hydra.utils import instantiate
 
-from vaelab.train import instantiate_group
+from vaelab.runs.train import instantiate_group
 
 GROUPS = ["data", "model", "kl", "trainer", "callbacks", "logger", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]

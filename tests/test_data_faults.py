@@ -13,7 +13,7 @@ from conftest import compose_train, make_synthetic_mnist, synthetic_overrides, w
 from vaelab.data import MNISTDataModule
 from vaelab.data.files import FILE_NAMES
 from vaelab.errors import VaelabError
-from vaelab.train import train
+from vaelab.runs.train import train
 
 
 class Mirror:

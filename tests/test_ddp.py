@@ -16,11 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from vaelab import distributed
 from vaelab.data import MNISTDataModule
-from vaelab.losses import kl_divergence
-from vaelab.module import VAELitModule
-from vaelab.train import train
+from vaelab.lit.module import VAELitModule
+from vaelab.runs import distributed
+from vaelab.runs.train import train
+from vaelab.science.losses import kl_divergence
 
 # Two epochs of 500 training images: 8 optimizer steps at a global batch of 128.
 EPOCHS = ["trainer.max_epochs=2"]

@@ -16,7 +16,7 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.errors import VaelabError
-from vaelab.evaluate import evaluate
+from vaelab.runs.evaluate import evaluate
 
 LATENT = 4
 

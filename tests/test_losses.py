@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal
 from torch.distributions import kl_divergence as td_kl
 
-from vaelab.losses import elbo_loss, kl_divergence, reconstruction_loss
+from vaelab.science.losses import elbo_loss, kl_divergence, reconstruction_loss
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""vaelab.metrics on cases with known answers: a linear-Gaussian VAE whose log p(x) is exact,
-reference densities from torch.distributions, and constructed latents and features."""
+"""vaelab.evaluation.metrics on cases with known answers: a linear-Gaussian VAE whose log p(x)
+is exact, reference densities from torch.distributions, and constructed latents and features."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, Normal
 
-from vaelab import metrics as M
-from vaelab.losses import kl_divergence, reconstruction_loss
-from vaelab.models import VAE
+from vaelab.evaluation import metrics as M
+from vaelab.science.losses import kl_divergence, reconstruction_loss
+from vaelab.science.models import VAE
 
 
 class LinearGaussian:

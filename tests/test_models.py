@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from vaelab.models import VAE
+from vaelab.science.models import VAE
 
 
 def test_default_architecture_is_784_256_256_32():
@@ -53,6 +53,6 @@ def test_sample_is_reproducible_with_a_generator():
 
 
 def test_models_module_does_not_import_lightning():
-    code = "import sys, vaelab.models; print('lightning' in sys.modules)"
+    code = "import sys, vaelab.science.models; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

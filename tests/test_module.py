@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vaelab.data import MNISTDataModule
-from vaelab.module import VAELitModule
+from vaelab.lit.module import VAELitModule
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 from conftest import compose_train, synthetic_overrides
 
 from vaelab.errors import NonFiniteLossError
-from vaelab.train import train
+from vaelab.runs.train import train
 
 # After epoch 1, StepLR multiplies the learning rate by 1e30: epoch 2 diverges within a step.
 DIVERGE_IN_EPOCH_2 = (

@@ -22,11 +22,11 @@ from conftest import ROOT, synthetic_overrides
 from vaelab.data.datamodule import MNISTDataModule
 from vaelab.data.sampling import ShardedBatches
 from vaelab.errors import VaelabError
-from vaelab.fault_tolerance import SaveOnInterrupt
-from vaelab.loggers import CSVLogger
-from vaelab.module import VAELitModule
-from vaelab.resume import resume_argv, resume_command
-from vaelab.train import quiet_known_warnings
+from vaelab.lit.fault_tolerance import SaveOnInterrupt
+from vaelab.lit.loggers import CSVLogger
+from vaelab.lit.module import VAELitModule
+from vaelab.runs.resume import resume_argv, resume_command
+from vaelab.runs.train import quiet_known_warnings
 
 # ----- the command line of a resumed run -------------------------------------------------
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from vaelab.data import MNISTDataModule
-from vaelab.fast_linear import OneDNNLinear, onednn_available
-from vaelab.losses import elbo_loss
-from vaelab.models import VAE
-from vaelab.module import VAELitModule
+from vaelab.lit.module import VAELitModule
+from vaelab.science.fast_linear import OneDNNLinear, onednn_available
+from vaelab.science.losses import elbo_loss
+from vaelab.science.models import VAE
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 

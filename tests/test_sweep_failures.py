@@ -7,7 +7,7 @@ import pytest
 import yaml
 from conftest import run_script, synthetic_overrides
 
-from vaelab.sweep import collect_jobs, record_failed_job
+from vaelab.runs.sweep import collect_jobs, record_failed_job
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import torch
 from conftest import make_synthetic_mnist
 
 from vaelab.data import MNISTDataModule
-from vaelab.losses import (
+from vaelab.lit.module import VAELitModule
+from vaelab.science.losses import (
     elbo_loss,
     free_bits_kl,
     iwae_bound,
@@ -16,9 +17,8 @@ from vaelab.losses import (
     log_normal,
     reconstruction_loss,
 )
-from vaelab.models import ConvVAE, build_network
-from vaelab.module import VAELitModule
-from vaelab.schedules import kl_weight
+from vaelab.science.models import ConvVAE, build_network
+from vaelab.science.schedules import kl_weight
 
 
 def test_constant_schedule_is_beta():

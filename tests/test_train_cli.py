@@ -9,7 +9,7 @@ from conftest import run_script, synthetic_overrides
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vaelab.module import VAELitModule
+from vaelab.lit.module import VAELitModule
 
 FIGURES = ["training_curves", "reconstructions", "samples", "interpolation", "latent_space"]
 SCALARS = [f"{s}/{t}" for s in ("train", "val", "test") for t in ("loss", "recon", "kl")]

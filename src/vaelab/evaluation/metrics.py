@@ -2,7 +2,7 @@
 
 Log-likelihoods and losses are in nats per image. A network passed here needs
 ``encode(x) -> (mu, logvar)`` and, unless a ``log_px_given_z`` function is given,
-``decode_logits(z)``: ``vaelab.models.VAE`` has both.
+``decode_logits(z)``: ``vaelab.science.models.VAE`` has both.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from vaelab.losses import ElboTerms, kl_divergence, kl_per_dimension, reconstruction_loss
+from vaelab.science.losses import ElboTerms, kl_divergence, kl_per_dimension, reconstruction_loss
 
 LogLikelihood = Callable[[Tensor, Tensor], Tensor]
 """log p(x|z): (z [B, K, D], x [B, *shape]) -> [B, K] in nats, K decodings of each image."""
@@ -45,12 +45,12 @@ def _largest_divisor_up_to(n: int, limit: int) -> int:
 
 def decoder_log_prob(logits: Tensor, x: Tensor, likelihood: str = "bernoulli") -> Tensor:
     """log p(x|z) of the model's likelihood, consistent with its training loss
-    (``vaelab.losses.reconstruction_loss``): logits [B, K, P], x [B, P] -> [B, K] in nats.
+    (``vaelab.science.losses.reconstruction_loss``): logits [B, K, P], x [B, P] -> [B, K] in nats.
 
     bernoulli: a normalized density only for binary x (for grey levels it is the training
       loss, not a likelihood). gaussian: -squared error summed over pixels, the training loss;
       NOT normalized (the log-partition constant is omitted), so its "NLL" compares models
-      with the same likelihood only. Other likelihoods of ``vaelab.losses``: minus their
+      with the same likelihood only. Other likelihoods of ``vaelab.science.losses``: minus their
       reconstruction loss.
     """
     if likelihood == "bernoulli":

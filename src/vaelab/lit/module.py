@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from vaelab.losses import (
+from vaelab.science.losses import (
     ElboTerms,
     elbo_loss,
     free_bits_kl,
@@ -18,8 +18,8 @@ from vaelab.losses import (
     log_importance_weights,
     reconstruction_loss,
 )
-from vaelab.models import build_network
-from vaelab.schedules import kl_weight
+from vaelab.science.models import build_network
+from vaelab.science.schedules import kl_weight
 
 SPLITS = ("train", "val", "test")
 TERMS = ("loss", "recon", "kl")

@@ -17,12 +17,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.checkpoints import checkpoint_to_resume
-from vaelab.config_checks import check_config
-from vaelab.distributed import start_extra_ranks_as_this_job
 from vaelab.errors import TrainingInterrupted
-from vaelab.fault_tolerance import SaveOnInterrupt, signal_name
-from vaelab.report import print_summary
+from vaelab.lit.fault_tolerance import SaveOnInterrupt, signal_name
+from vaelab.runs.checkpoints import checkpoint_to_resume
+from vaelab.runs.config_checks import check_config
+from vaelab.runs.distributed import start_extra_ranks_as_this_job
+from vaelab.runs.report import print_summary
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from vaelab.fast_linear import OneDNNLinear
+from vaelab.science.fast_linear import OneDNNLinear
 
 
 class VAEOutput(NamedTuple):
@@ -46,7 +46,7 @@ class VAE(nn.Module):
 
     Images are [B, *input_shape] with pixels in [0, 1]; the encoder flattens them.
     Subclasses change ``encoder`` (image -> [B, features]) and ``decoder`` (z -> logits).
-    ``onednn_linear``: fp32 linear layers on the CPU through oneDNN (``vaelab.fast_linear``;
+    ``onednn_linear``: fp32 linear layers on the CPU through oneDNN (``vaelab.science.fast_linear``;
     same parameters and results, faster where MKL does not use AVX-512); off: ``nn.Linear``.
     """
 

@@ -4,7 +4,7 @@ naming the key, the value and what is allowed.
 To check a new key, append a ``Rule`` to ``RULES``. A rule whose key is absent from the config
 is skipped, so rules for keys that only some configs have (or that later features add) cost
 nothing. Name rules read their allowed names from the module that implements them (e.g.
-``vaelab.losses.LIKELIHOODS``), so adding a name there is enough.
+``vaelab.science.losses.LIKELIHOODS``), so adding a name there is enough.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ RULES: tuple[Rule, ...] = (
         "a non-empty list of integers >= 1, e.g. [256,256]",
     ),
     Rule("model.beta", number_at_least(0), "a finite number >= 0"),
-    Rule("model.likelihood", NamesFrom("vaelab.losses", "LIKELIHOODS")),
+    Rule("model.likelihood", NamesFrom("vaelab.science.losses", "LIKELIHOODS")),
     Rule("model.optimizer.lr", positive_number, "a finite number > 0"),
     Rule("data.batch_size", int_at_least(1), "an integer >= 1"),
     Rule("data.eval_batch_size", int_at_least(1), "an integer >= 1"),
@@ -130,10 +130,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("data.binarize", NamesFrom("vaelab.data.datamodule", "BINARIZE")),
     # keys that only some versions of the model have: checked when the config has them
-    Rule("model.architecture", NamesFrom("vaelab.models", "ARCHITECTURES")),
+    Rule("model.architecture", NamesFrom("vaelab.science.models", "ARCHITECTURES")),
     Rule("model.objective", OneOf(("elbo", "iwae"))),
     Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),
-    Rule("model.kl_schedule", NamesFrom("vaelab.schedules", "KL_SCHEDULES")),
+    Rule("model.kl_schedule", NamesFrom("vaelab.science.schedules", "KL_SCHEDULES")),
     Rule("model.kl_warmup_steps", int_at_least(0), "an integer >= 0 (optimizer steps)"),
     Rule("model.kl_cycles", int_at_least(1), "an integer >= 1"),
     Rule("model.kl_cycle_ratio", fraction, "a number in (0, 1] (rising part of each cycle)"),

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from vaelab.checkpoints import run_dir_of
 from vaelab.errors import VaelabError
+from vaelab.runs.checkpoints import run_dir_of
 
 RESUME_KEYS = ("resume", "ckpt_path")
 MULTIRUN_FLAGS = ("-m", "--multirun")

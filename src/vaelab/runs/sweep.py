@@ -14,7 +14,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vaelab.plotting import save_figure, sweep_figure
+from vaelab.evaluation.plotting import save_figure, sweep_figure
 
 log = logging.getLogger(__name__)
 

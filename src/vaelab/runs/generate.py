@@ -11,10 +11,10 @@ import torch
 from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
-from vaelab.evaluate import load_data, load_model, resolve_device
-from vaelab.latent import interpolate
-from vaelab.metrics import mean_kl_per_dimension
-from vaelab.plotting import grid_figure, image_grid, save_figure
+from vaelab.evaluation.metrics import mean_kl_per_dimension
+from vaelab.evaluation.plotting import grid_figure, image_grid, save_figure
+from vaelab.runs.evaluate import load_data, load_model, resolve_device
+from vaelab.science.latent import interpolate
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Evaluation entry point behind ``eval.py``: load a checkpoint, compute the metrics of
-``vaelab.metrics`` on the test set, write metrics.json, figures and TensorBoard scalars, and
-print a table. The maths is in ``vaelab.metrics``; this module orchestrates."""
+``vaelab.evaluation.metrics`` on the test set, write metrics.json, figures and TensorBoard
+scalars, and print a table. The maths is in ``vaelab.evaluation.metrics``; this module
+orchestrates."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from vaelab import metrics as M
-from vaelab.checkpoints import error_reason
-from vaelab.classifier import Images, cache_dirs, classify, load_or_train
 from vaelab.data.files import ensure_files, load_split
 from vaelab.errors import VaelabError
-from vaelab.eval_report import make_figures, print_table, write_figures, write_tensorboard
-from vaelab.module import VAELitModule
+from vaelab.evaluation import metrics as M
+from vaelab.evaluation.classifier import Images, cache_dirs, classify, load_or_train
+from vaelab.lit.module import VAELitModule
+from vaelab.runs.checkpoints import error_reason
+from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def _as_number(value):
 def sweep_figure(rows: Sequence[Mapping], params: Sequence[str], metrics: Sequence[str]) -> Figure:
     """One panel per (swept parameter, metric): the final metric of each job against the
     parameter's value (a line for numbers, bars for names). ``rows`` as from
-    ``vaelab.sweep.collect_jobs``."""
+    ``vaelab.runs.sweep.collect_jobs``."""
     params = list(params) or ["job"]
     fig, axes = plt.subplots(
         len(params), len(metrics), squeeze=False, figsize=(4.2 * len(metrics), 3.3 * len(params))

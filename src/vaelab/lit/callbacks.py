@@ -1,5 +1,5 @@
 """Lightning callbacks that render the VAE's figures. They orchestrate: the maths is in
-``vaelab.latent`` and the drawing in ``vaelab.plotting``."""
+``vaelab.science.latent`` and the drawing in ``vaelab.evaluation.plotting``."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import CatMetric, MeanMetric, MinMetric
 
-from vaelab.latent import encode_dataset, interpolate, project_2d
-from vaelab.metrics import (
+from vaelab.evaluation.metrics import (
     active_units,
     dataset_log_likelihood,
     is_binary,
     mean_kl_per_dimension,
     nll_label,
 )
-from vaelab.plotting import (
+from vaelab.evaluation.plotting import (
     bar_figure,
     grid_figure,
     image_grid,
@@ -28,6 +27,7 @@ from vaelab.plotting import (
     save_figure,
     training_curves_figure,
 )
+from vaelab.science.latent import encode_dataset, interpolate, project_2d
 
 
 def _first_loader(loaders):
@@ -215,7 +215,7 @@ class EpochThroughput(L.Callback):
 
 
 class TestMetrics(L.Callback):
-    """At the end of every test stage, the cheap evaluation metrics of ``vaelab.metrics``
+    """At the end of every test stage, the cheap evaluation metrics of ``vaelab.evaluation.metrics``
     (``eval.py`` computes them all). Logged like the module's metrics: ``test/active_units``
     and, when ``nll_k`` > 0, ``test/nll`` (importance sampled with ``nll_k`` samples, nats
     per image), ``test/nll_k`` and ``test/nll_normalized`` (see ``metrics.nll_label``).

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vaelab.plotting import bar_figure, grid_figure, image_grid, save_figure
+from vaelab.evaluation.plotting import bar_figure, grid_figure, image_grid, save_figure
 
 
 def make_figures(metrics: dict, samples: torch.Tensor | None) -> dict[str, Figure]:

@@ -1,0 +1,1 @@
+"""The Lightning layer: the generic LightningModule, its callbacks and loggers."""
