@@ -6,7 +6,7 @@ a table. See configs/eval.yaml for the options."""
 import hydra
 from omegaconf import DictConfig
 
-import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
+import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import run_or_exit
 from vaelab.runs.evaluate import evaluate
 

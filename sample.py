@@ -6,7 +6,7 @@ Writes samples.png, interpolation.png and traversal.png into
 import hydra
 from omegaconf import DictConfig
 
-import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
+import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import run_or_exit
 from vaelab.runs.generate import generate
 

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import vaelab  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
+import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import TrainingInterrupted, VaelabError
 from vaelab.runs.resume import resume_argv, resume_command
 from vaelab.runs.sweep import failed_jobs, record_failed_job

@@ -24,7 +24,7 @@ import torch
 from vaelab.data.files import ensure_files, load_split
 from vaelab.evaluation.metrics import dataset_log_likelihood
 from vaelab.lit.module import VAELitModule
-from vaelab.science.models import VAE
+from vaelab.science.variants.vae import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,17 +52,15 @@ def main() -> None:
     device = torch.device(args.device)
     if args.ckpt:
         model = VAELitModule.load_from_checkpoint(args.ckpt, map_location=device)
-        net, likelihood = model.net.eval(), model.hparams.likelihood
+        net = model.net.eval()
     else:
         torch.manual_seed(0)
-        net, likelihood = VAE().eval().to(device), "bernoulli"
+        net = VAE().eval().to(device)
     x = test_images(args.data_root, args.images).to(device)
 
     load_before = os.getloadavg()
     start = time.perf_counter()
-    nll = -dataset_log_likelihood(
-        net, x, args.k, likelihood, args.max_rows, args.batch, workers=args.workers
-    )
+    nll = -dataset_log_likelihood(net, x, args.k, args.max_rows, args.batch, workers=args.workers)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

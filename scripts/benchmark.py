@@ -37,7 +37,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import vaelab
+import vaelab.runs  # noqa: F401  (registers ${vaelab_root:})
 from vaelab.data.files import ensure_files, load_split
 from vaelab.evaluation.metrics import dataset_log_likelihood
 from vaelab.lit.callbacks import EpochThroughput
@@ -117,10 +117,10 @@ def run_reference(train, test, epochs: int, seed: int) -> dict:
 
 
 # ---- (b) vaelab through the Trainer -------------------------------------------------------
-def time_nll(net: nn.Module, x: torch.Tensor, k: int, likelihood: str) -> dict:
+def time_nll(net: nn.Module, x: torch.Tensor, k: int) -> dict:
     """Seconds of the importance-sampled NLL with k samples on images x, as eval.py runs it."""
     start = time.perf_counter()
-    nll = -dataset_log_likelihood(net.eval(), x, k, likelihood)
+    nll = -dataset_log_likelihood(net.eval(), x, k)
     seconds = time.perf_counter() - start
     return {
         "nll_k": k,
@@ -157,7 +157,7 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, n
         test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         test_seconds = time.perf_counter() - start
         x_test = datamodule.data_test[torch.arange(min(nll_images, len(datamodule.data_test)))][0]
-        nll = time_nll(model.net, x_test, nll_k, model.hparams.likelihood) if nll_images else {}
+        nll = time_nll(model.net, x_test, nll_k) if nll_images else {}
     samples = sum(r[1] for r in timer.records)
     seconds = [r[2] for r in timer.records]
     return {

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-import vaelab  # noqa: F401  (registers ${vaelab_root:})
+import vaelab.runs  # noqa: F401  (registers ${vaelab_root:})
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(ROOT / "configs")

@@ -39,7 +39,12 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs=0 must be an integer >= 1, or -1 for no limit"),
     ("data.val_size=-1", "data.val_size=-1 must be an integer >= 0"),
     ("model.likelihood=bernouli", "model.likelihood='bernouli' must be one of bernoulli, gaussian"),
-    ("+model.foo=1", "model.foo: vaelab.lit.module.VAELitModule has no argument 'foo'; remove it"),
+    (
+        "+model.foo=1",
+        "model.foo: vaelab.lit.module.VAELitModule with net=vaelab.science.variants.vae.VAE "
+        "has no argument 'foo'; remove it",
+    ),
+    ("model.net=vaelab.nowhere.VAE", "model.net='vaelab.nowhere.VAE': cannot be imported"),
     (
         "+model.optimizer.momentum=0.9",
         "model.optimizer.momentum: torch.optim.Adam has no argument 'momentum'; remove it",
@@ -107,7 +112,7 @@ def test_keys_of_later_features_are_checked_when_present(key, value, message):
 def test_names_rule_is_skipped_while_its_module_is_missing():
     rule = Rule("model.likelihood", NamesFrom("vaelab.not_yet_written", "NAMES"))
     assert value_problems(compose_train(["model.likelihood=anything"]), (rule,)) == []
-    rule = Rule("model.likelihood", NamesFrom("vaelab.science.losses", "LIKELIHOODS"))
+    rule = Rule("model.likelihood", NamesFrom("vaelab.science.likelihoods", "LIKELIHOODS"))
     assert value_problems(compose_train(["model.likelihood=anything"]), (rule,)) != []
 
 

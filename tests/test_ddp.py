@@ -20,7 +20,7 @@ from vaelab.data import MNISTDataModule
 from vaelab.lit.module import VAELitModule
 from vaelab.runs import distributed
 from vaelab.runs.train import train
-from vaelab.science.losses import kl_divergence
+from vaelab.science.bounds import kl_divergence
 
 # Two epochs of 500 training images: 8 optimizer steps at a global batch of 128.
 EPOCHS = ["trainer.max_epochs=2"]

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, Normal
 
 from vaelab.evaluation import metrics as M
-from vaelab.science.losses import kl_divergence, reconstruction_loss
-from vaelab.science.models import VAE
+from vaelab.science.bounds import kl_divergence, log_standard_normal
+from vaelab.science.variants.vae import VAE, log_importance_weights
 
 
 class LinearGaussian:
@@ -44,6 +44,15 @@ class LinearGaussian:
         mean = z @ self.W.T + self.b
         return Normal(mean, self.noise).log_prob(x.unsqueeze(1)).sum(-1)
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return log_standard_normal(z)
+
+    def kl(self, mu, logvar, z) -> torch.Tensor:
+        return kl_divergence(mu, logvar)
+
+    def log_importance_weights(self, x, k, posterior=None, generator=None) -> torch.Tensor:
+        return log_importance_weights(self, x, k, posterior, generator)
+
     def sample_x(self, n: int, seed: int = 1) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.W.shape[1], generator=gen, dtype=torch.float64)
@@ -56,9 +65,8 @@ def test_iwae_with_exact_posterior_equals_log_px_for_any_k(k, max_rows):
     model = LinearGaussian()
     x = model.sample_x(7)
     estimate = M.iwae_log_likelihood(
-        model, x, k, log_px_given_z=model.log_px_given_z, max_rows=max_rows,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        model, x, k, max_rows=max_rows, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(estimate, model.log_px(x), rtol=0, atol=1e-9)
 
 
@@ -68,9 +76,8 @@ def test_elbo_with_exact_posterior_is_log_px():
     model = LinearGaussian()
     x = model.sample_x(5)
     terms = M.elbo_terms_averaged(
-        model, x, samples=20000, log_px_given_z=model.log_px_given_z,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        model, x, samples=20000, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(-terms.loss, model.log_px(x), rtol=0, atol=0.05)
 
 
@@ -81,16 +88,13 @@ def test_iwae_with_perturbed_encoder_approaches_log_px_from_below():
     exact = model.log_px(x).mean()
     gen = torch.Generator().manual_seed(0)
     gaps = [
-        float(exact - M.iwae_log_likelihood(model, x, k, log_px_given_z=model.log_px_given_z,
-                                            max_rows=4096, generator=gen).mean())
+        float(exact - M.iwae_log_likelihood(model, x, k, max_rows=4096, generator=gen).mean())
         for k in (1, 10, 100, 1000)
     ]  # fmt: skip
     assert gaps[0] > 0.5  # the perturbed encoder's ELBO is clearly below log p(x)
     assert all(a > b for a, b in zip(gaps, gaps[1:], strict=False))  # tighter as k grows
     assert 0 <= gaps[-1] < 0.05 * gaps[0]
-    elbo = -M.elbo_terms_averaged(
-        model, x, samples=2000, log_px_given_z=model.log_px_given_z, generator=gen
-    ).loss.mean()
+    elbo = -M.elbo_terms_averaged(model, x, samples=2000, generator=gen).loss.mean()
     # k=1 is the ELBO in expectation (one draw per image: the standard error is ~0.15)
     assert float(exact - elbo) == pytest.approx(gaps[0], abs=0.4)
 
@@ -118,40 +122,13 @@ def test_iwae_of_the_vae_matches_torch_distributions():
     torch.testing.assert_close(estimate, torch.logsumexp(log_w, 1) - math.log(k))
 
 
-def test_bernoulli_log_prob_equals_bce_including_extreme_logits():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 5, 784, generator=gen, dtype=torch.float64) * 30
-    logits[0, 0, :4] = torch.tensor([200.0, -200.0, 80.0, -80.0])
-    x = torch.rand(2, 784, generator=gen, dtype=torch.float64)
-    x[1] = x[1].round()  # one binary image
-    expected = -F.binary_cross_entropy_with_logits(
-        logits, x.unsqueeze(1).expand_as(logits), reduction="none"
-    ).sum(-1)
-    torch.testing.assert_close(M.bernoulli_log_prob(logits, x), expected)
-    # float32, the evaluation's precision: within 1e-3 nats of ~1e4-nat totals
-    close32 = M.bernoulli_log_prob(logits.float(), x.float()).double()
-    torch.testing.assert_close(close32, expected, rtol=1e-6, atol=2e-3)
-
-
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_decoder_log_prob_is_minus_the_training_loss(likelihood):
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(3, 2, 20, generator=gen, dtype=torch.float64)
-    x = torch.rand(3, 20, generator=gen, dtype=torch.float64)
-    expected = -reconstruction_loss(
-        logits.flatten(0, 1), x.repeat_interleave(2, 0), likelihood
-    ).view(3, 2)
-    torch.testing.assert_close(M.decoder_log_prob(logits, x, likelihood), expected)
-
-
 def test_elbo_terms_averaged_matches_the_closed_form_of_a_linear_decoder():
     model = LinearGaussian()
     model.shift, model.log_scale = 0.3, -0.2
     x = model.sample_x(4)
     terms = M.elbo_terms_averaged(
-        model, x, samples=20000, beta=2.0, log_px_given_z=model.log_px_given_z,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        model, x, samples=20000, beta=2.0, generator=torch.Generator().manual_seed(0)
+    )
     mu, logvar = model.encode(x)
     # E_q[-log N(x; Wz + b, s^2)] = (|x - W mu - b|^2 + sum_j var_j |W_j|^2) / 2s^2 + const
     s2, p = model.noise**2, x.shape[1]
@@ -163,14 +140,19 @@ def test_elbo_terms_averaged_matches_the_closed_form_of_a_linear_decoder():
     torch.testing.assert_close(terms.loss, terms.recon + 2.0 * terms.kl)
 
 
-def test_mean_kl_per_dimension_known_values():
+def test_latent_stats_kl_per_dimension_known_values():
     mu = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 2.0]])
     logvar = torch.tensor([[0.0, 0.0, 0.0], [0.0, math.log(2.0), 0.0]])
     expected = torch.tensor([0.5, 0.25 * (1 - math.log(2.0)), 1.0])
-    torch.testing.assert_close(M.mean_kl_per_dimension(mu, logvar), expected)
-    assert M.mean_kl_per_dimension(mu, logvar).sum() == pytest.approx(
-        float(kl_divergence(mu, logvar).mean())
-    )
+    stats = M.LatentStats(3)
+    stats.update(mu[:1], VAE.kl_per_dimension(None, mu[:1], logvar[:1]))
+    stats.update(mu[1:], VAE.kl_per_dimension(None, mu[1:], logvar[1:]))  # two batches
+    out = stats.compute()
+    torch.testing.assert_close(out["kl_per_dim"], expected)
+    assert float(out["kl_per_dim"].sum()) == pytest.approx(float(kl_divergence(mu, logvar).mean()))
+    without = M.LatentStats(3)
+    without.update(mu, None)  # a prior that does not factorize: no KL per dimension
+    assert "kl_per_dim" not in without.compute()
 
 
 def test_active_units_counts_dimensions_whose_mean_varies_above_threshold():
@@ -179,10 +161,15 @@ def test_active_units_counts_dimensions_whose_mean_varies_above_threshold():
     # population variances exactly 0, 0.005, 0.02, 1 (values +-sqrt(v))
     variances = torch.tensor([0.0, 0.005, 0.02, 1.0])
     mu = 3.0 + signs.unsqueeze(1) * variances.sqrt()
-    count, per_unit = M.active_units(mu)
-    assert count == 2
-    torch.testing.assert_close(per_unit, variances)
-    assert M.active_units(mu, threshold=0.001)[0] == 3
+    stats = M.LatentStats(4)
+    for part in mu.split(300):  # batches of a split: the same as one pass
+        stats.update(part)
+    out = stats.compute()
+    assert int(out["active_units"]) == 2
+    torch.testing.assert_close(out["mu_variance"], variances, rtol=0, atol=1e-6)
+    low = M.LatentStats(4, threshold=0.001)
+    low.update(mu)
+    assert int(low.compute()["active_units"]) == 3
 
 
 def test_mean_per_class():
@@ -228,14 +215,6 @@ def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
     b = m2 + v2.sqrt() * torch.randn(n, 3, generator=gen)
     # diagonal covariances: |m1 - m2|^2 + sum (sqrt v1 - sqrt v2)^2 = 2 + 1 + 1
     assert M.frechet_distance(a, b) == pytest.approx(4.0, abs=0.1)
-
-
-def test_nll_label():
-    assert M.nll_label("bernoulli", True)[0]
-    assert not M.nll_label("bernoulli", False)[0]
-    assert "NOT" in M.nll_label("bernoulli", False)[1]
-    assert not M.nll_label("gaussian", True)[0]
-    assert M.is_binary(torch.tensor([0.0, 1.0, 1.0])) and not M.is_binary(torch.tensor([0.5]))
 
 
 def test_dataset_log_likelihood_is_the_same_for_any_worker_count():

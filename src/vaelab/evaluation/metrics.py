@@ -1,8 +1,8 @@
-"""Evaluation metrics as pure functions of tensors (and, for the sampled ones, of a network).
+"""Evaluation metrics: torchmetrics ``Metric``s that accumulate over a split (used alike at
+validation, at the end of training and by eval.py), the importance-sampled likelihood, and pure
+functions of tensors. Log-likelihoods and losses are in nats per image.
 
-Log-likelihoods and losses are in nats per image. A network passed here needs
-``encode(x) -> (mu, logvar)`` and, unless a ``log_px_given_z`` function is given,
-``decode_logits(z)``: ``vaelab.science.models.VAE`` has both.
+A network passed here has the interface of ``vaelab.science.variants.vae.VAE``.
 """
 
 from __future__ import annotations
@@ -13,62 +13,73 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
-from vaelab.science.losses import ElboTerms, kl_divergence, kl_per_dimension, reconstruction_loss
+from vaelab.science.bounds import ElboTerms, posterior_samples
 
-LogLikelihood = Callable[[Tensor, Tensor], Tensor]
-"""log p(x|z): (z [B, K, D], x [B, *shape]) -> [B, K] in nats, K decodings of each image."""
-
+# Burda et al. 2015: unit u is active when Var_x(E_q[z_u|x]) exceeds this
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """log Bernoulli(x | sigmoid(logits)) summed over pixels: logits [B, K, P], x [B, P] with
-    values in [0, 1] -> [B, K] in nats. Equals -binary_cross_entropy_with_logits(...).sum(-1).
+class ElboMeans(Metric):
+    """Exact per-image means of the ELBO terms over a split, summed across DDP ranks.
 
-    Written out because it is most of the cost of the k=5000 likelihood besides the decoder's
-    matmuls, and this form is about 1.7x faster on CPU than ``softplus`` or the BCE:
-    x*l - softplus(l) with sum_p x_p l_p as one batched matrix-vector product, and
-    softplus(l) = relu(l) - log sigmoid(|l|), where sigmoid(|l|) lies in [0.5, 1] so that
-    groups of up to 100 of them can be multiplied before one log (no underflow).
+    One ``update`` per batch with ``terms`` [len(TERMS), B]: a single small metric instead of
+    one torchmetrics ``MeanMetric`` per term, which costs three times the per-step overhead.
     """
-    xl = torch.bmm(logits, x.unsqueeze(-1).to(logits.dtype)).squeeze(-1)
-    relu_sum = logits.clamp_min(0).sum(-1)
-    group = _largest_divisor_up_to(logits.shape[-1], 100)
-    sig = logits.abs().sigmoid_().view(*logits.shape[:-1], -1, group)
-    return xl - relu_sum + sig.prod(-1).log_().sum(-1)
+
+    TERMS = ("loss", "recon", "kl")
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sums", torch.zeros(len(self.TERMS)), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, terms: Tensor) -> None:
+        self.sums += terms.detach().float().sum(1)
+        self.count += terms.shape[1]
+
+    def compute(self) -> dict[str, Tensor]:
+        return dict(zip(self.TERMS, self.sums / self.count, strict=True))
 
 
-def _largest_divisor_up_to(n: int, limit: int) -> int:
-    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+class LatentStats(Metric):
+    """Latent statistics over a split, summed across DDP ranks: per latent dimension the
+    variance over images of the posterior mean (Burda et al.'s active units) and, when the
+    prior factorizes, the mean KL.
 
-
-def decoder_log_prob(logits: Tensor, x: Tensor, likelihood: str = "bernoulli") -> Tensor:
-    """log p(x|z) of the model's likelihood, consistent with its training loss
-    (``vaelab.science.losses.reconstruction_loss``): logits [B, K, P], x [B, P] -> [B, K] in nats.
-
-    bernoulli: a normalized density only for binary x (for grey levels it is the training
-      loss, not a likelihood). gaussian: -squared error summed over pixels, the training loss;
-      NOT normalized (the log-partition constant is omitted), so its "NLL" compares models
-      with the same likelihood only. Other likelihoods of ``vaelab.science.losses``: minus their
-      reconstruction loss.
+    ``update(mu [B, D], kl_per_dim [B, D] or None)``; ``compute()`` -> ``mu_variance`` [D]
+    (over the N images, divided by N), ``active_units`` (count of variances above
+    ``threshold``) and, if every update had one, ``kl_per_dim`` [D] nats (sums to the mean KL).
     """
-    if likelihood == "bernoulli":
-        return bernoulli_log_prob(logits, x)
-    b, k, p = logits.shape
-    x_rows = x.unsqueeze(1).expand(b, k, p).reshape(b * k, p)
-    return -reconstruction_loss(logits.reshape(b * k, p), x_rows, likelihood).view(b, k)
 
+    full_state_update = False
 
-def model_log_likelihood(net, likelihood: str = "bernoulli") -> LogLikelihood:
-    """log p(x|z) of ``net``'s decoder: (z [B, K, D], x [B, *shape]) -> [B, K]."""
+    def __init__(self, latent_dim: int, threshold: float = ACTIVE_UNIT_THRESHOLD) -> None:
+        super().__init__()
+        self.threshold = threshold
+        for name in ("mu_sum", "mu_sq_sum", "kl_sum"):
+            self.add_state(name, torch.zeros(latent_dim, dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("kl_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def log_px_given_z(z: Tensor, x: Tensor) -> Tensor:
-        b, k, d = z.shape
-        logits = net.decode_logits(z.reshape(b * k, d)).reshape(b, k, -1)
-        return decoder_log_prob(logits, x.reshape(b, -1), likelihood)
+    def update(self, mu: Tensor, kl_per_dim: Tensor | None = None) -> None:
+        mu = mu.detach().double()
+        self.mu_sum += mu.sum(0)
+        self.mu_sq_sum += mu.square().sum(0)
+        self.count += mu.shape[0]
+        if kl_per_dim is not None:
+            self.kl_sum += kl_per_dim.detach().double().sum(0)
+            self.kl_count += mu.shape[0]
 
-    return log_px_given_z
+    def compute(self) -> dict[str, Tensor]:
+        mean = self.mu_sum / self.count
+        variance = (self.mu_sq_sum / self.count - mean.square()).clamp(min=0).float()
+        out = {"mu_variance": variance, "active_units": (variance > self.threshold).sum().float()}
+        if self.kl_count == self.count:
+            out["kl_per_dim"] = (self.kl_sum / self.count).float()
+        return out
 
 
 _malloc_threshold_raised = False
@@ -85,42 +96,26 @@ def _reuse_freed_memory(device: torch.device) -> None:
         _malloc_threshold_raised = True
 
 
-def _posterior_samples(
-    mu: Tensor, logvar: Tensor, k: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    """k reparameterized samples z ~ q(z|x) per image, [B, k, D], and
-    log p(z) - log q(z|x) [B, k] for each (the 2*pi constants cancel)."""
-    eps = torch.randn(
-        (mu.shape[0], k, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype
-    )
-    z = torch.addcmul(mu.unsqueeze(1), eps, torch.exp(0.5 * logvar).unsqueeze(1))
-    log_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + 0.5 * logvar.sum(-1, keepdim=True)
-    return z, log_ratio
-
-
 def iwae_log_likelihood(
     net,
     x: Tensor,
     k: int = 5000,
-    likelihood: str = "bernoulli",
-    log_px_given_z: LogLikelihood | None = None,
     max_rows: int = 4096,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Importance-sampled estimate of log p(x) (the IWAE bound, Burda et al. 2015), [B] nats:
 
-        log p(x) ~= logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)],  z_k ~ q(z|x).
+        log p(x) ~= logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)],  z_k ~ q(z|x),
 
-    It is a lower bound in expectation that tightens as k grows, and equals log p(x) for any
-    k when q is the exact posterior. x [B, *shape] is encoded once; the B*k samples are
-    decoded ``max_rows`` at a time (several images per chunk when k is small, a slice of one
-    image's samples when k is large), with a running logsumexp over chunks, so memory is
-    O(max_rows * pixels) whatever B and k. ``log_px_given_z`` replaces the decoder (see
-    ``LogLikelihood``); by default it is ``net.decode_logits`` with ``likelihood``.
+    with the network's own prior and likelihood (``net.log_importance_weights``). It is a
+    lower bound in expectation that tightens as k grows, and equals log p(x) for any k when q
+    is the exact posterior. x [B, *shape] is encoded once; the B*k samples are decoded
+    ``max_rows`` at a time (several images per chunk when k is small, a slice of one image's
+    samples when k is large), with a running logsumexp over chunks, so memory is
+    O(max_rows * pixels) whatever B and k.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    log_px_given_z = log_px_given_z or model_log_likelihood(net, likelihood)
     mu, logvar = net.encode(x)
     _reuse_freed_memory(mu.device)
     k_chunk = min(k, max_rows)
@@ -130,8 +125,7 @@ def iwae_log_likelihood(
         xi, mui, lvi = x[i : i + b_chunk], mu[i : i + b_chunk], logvar[i : i + b_chunk]
         total = torch.full((len(xi),), -math.inf, device=mu.device, dtype=mu.dtype)
         for j in range(0, k, k_chunk):
-            z, log_ratio = _posterior_samples(mui, lvi, min(k_chunk, k - j), generator)
-            log_w = log_px_given_z(z, xi) + log_ratio
+            log_w = net.log_importance_weights(xi, min(k_chunk, k - j), (mui, lvi), generator)
             total = torch.logaddexp(total, torch.logsumexp(log_w, dim=1))
         out.append(total - math.log(k))
     return torch.cat(out)
@@ -141,7 +135,6 @@ def dataset_log_likelihood(
     net,
     x: Tensor,
     k: int = 5000,
-    likelihood: str = "bernoulli",
     max_rows: int = 4096,
     batch_size: int = 100,
     seed: int = 0,
@@ -164,9 +157,7 @@ def dataset_log_likelihood(
     def batch(i: int) -> Tensor:
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
         with torch.inference_mode():
-            out = iwae_log_likelihood(
-                net, x[i : i + batch_size], k, likelihood, None, max_rows, gen
-            )
+            out = iwae_log_likelihood(net, x[i : i + batch_size], k, max_rows, gen)
         if on_batch is not None:
             on_batch(len(out))
         return out
@@ -188,26 +179,17 @@ def elbo_terms_averaged(
     net,
     x: Tensor,
     samples: int = 1,
-    likelihood: str = "bernoulli",
     beta: float = 1.0,
-    log_px_given_z: LogLikelihood | None = None,
     generator: torch.Generator | None = None,
 ) -> ElboTerms:
-    """Negative beta-ELBO per image with the reconstruction term averaged over ``samples``
-    draws of z ~ q(z|x) (the KL is in closed form): ElboTerms(loss, recon, kl), each [B] nats.
+    """Negative beta-ELBO per image with both terms averaged over ``samples`` draws of
+    z ~ q(z|x) (a closed-form KL ignores them): ElboTerms(loss, recon, kl), each [B] nats.
     recon = -mean_s log p(x|z_s); with beta=1, -loss is the ELBO."""
-    log_px_given_z = log_px_given_z or model_log_likelihood(net, likelihood)
     mu, logvar = net.encode(x)
-    z, _ = _posterior_samples(mu, logvar, samples, generator)
-    recon = -log_px_given_z(z, x).mean(1)
-    kl = kl_divergence(mu, logvar)
+    z, _ = posterior_samples(mu, logvar, samples, generator)
+    recon = -net.log_px_given_z(z, x).mean(1)
+    kl = net.kl(mu, logvar, z)
     return ElboTerms(recon + beta * kl, recon, kl)
-
-
-def mean_kl_per_dimension(mu: Tensor, logvar: Tensor) -> Tensor:
-    """Mean over images of KL(q(z_d|x) || N(0, 1)) for each latent dimension d:
-    mu, logvar [N, D] -> [D] nats. Sums to the mean total KL."""
-    return kl_per_dimension(mu, logvar).mean(0)
 
 
 def active_units(mu: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, Tensor]:
@@ -226,25 +208,6 @@ def mean_per_class(values: Tensor, labels: Tensor, num_classes: int = 10) -> Ten
     sums.index_add_(0, labels, values.double())
     counts = torch.bincount(labels, minlength=num_classes).double()
     return (sums / counts).to(values.dtype)
-
-
-def nll_label(likelihood: str, data_binary: bool) -> tuple[bool, str]:
-    """Whether -log p(x|z) of ``likelihood`` is a normalized density of the data (so that
-    the importance-sampled NLL is a likelihood), and a note saying why (not)."""
-    if likelihood == "bernoulli":
-        if data_binary:
-            return True, "normalized: Bernoulli decoder on binary pixels"
-        return False, "NOT a normalized likelihood: Bernoulli decoder on grey-level pixels"
-    if likelihood == "continuous_bernoulli":
-        return True, "normalized: continuous Bernoulli density of pixels in [0, 1]"
-    if likelihood == "gaussian":
-        return False, "NOT normalized: the gaussian decoder's summed squared error"
-    return False, f"likelihood {likelihood!r}: normalization unknown"
-
-
-def is_binary(x: Tensor) -> bool:
-    """True when every value of x is 0 or 1."""
-    return bool(((x == 0) | (x == 1)).all())
 
 
 def class_histogram(probs: Tensor) -> Tensor:

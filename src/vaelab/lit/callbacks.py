@@ -10,14 +10,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchmetrics import CatMetric, MeanMetric, MinMetric
+from torchmetrics import MeanMetric, MinMetric
 
 from vaelab.evaluation.metrics import (
-    active_units,
+    ACTIVE_UNIT_THRESHOLD,
+    LatentStats,
     dataset_log_likelihood,
-    is_binary,
-    mean_kl_per_dimension,
-    nll_label,
 )
 from vaelab.evaluation.plotting import (
     bar_figure,
@@ -28,6 +26,7 @@ from vaelab.evaluation.plotting import (
     training_curves_figure,
 )
 from vaelab.science.latent import encode_dataset, interpolate, project_2d
+from vaelab.science.likelihoods import is_binary
 
 
 def _first_loader(loaders):
@@ -78,10 +77,8 @@ class VAEFigures(L.Callback):
             pair_loader = dm.test_dataloader() if dm is not None else _val_loader(trainer)
             x_test, y_test = next(iter(pair_loader))
             other = int((y_test != y_test[0]).nonzero()[0]) if (y_test != y_test[0]).any() else 1
-            gen = torch.Generator().manual_seed(self.seed)
             self._fixed = {
                 "recon": x_val[: self.num_reconstructions].cpu(),
-                "z": torch.randn(self.num_samples, pl_module.net.latent_dim, generator=gen),
                 "pair": torch.stack([x_test[0], x_test[other]]).cpu(),
             }
         return {k: v.to(pl_module.device) for k, v in self._fixed.items()}
@@ -91,6 +88,8 @@ class VAEFigures(L.Callback):
         """Image grids [C, H, W] and the latent points of the current model."""
         net = pl_module.net
         fixed = self._fixed_inputs(trainer, pl_module)
+        # the same draws of the prior every epoch, so that epochs compare
+        generator = torch.Generator().manual_seed(self.seed)
         x = fixed["recon"]
         recon = net.decode(net.encode(x)[0])
         mu_pair, _ = net.encode(fixed["pair"])
@@ -99,7 +98,7 @@ class VAEFigures(L.Callback):
         nrow = math.ceil(math.sqrt(self.num_samples))
         return {
             "reconstructions": image_grid(torch.cat([x, recon]), nrow=len(x)),
-            "samples": image_grid(net.decode(fixed["z"]), nrow=nrow),
+            "samples": image_grid(net.sample(self.num_samples, generator), nrow=nrow),
             "interpolation": image_grid(net.decode(path), nrow=self.interpolation_steps),
             "latent_points": project_2d(mu),
             "latent_labels": labels,
@@ -215,21 +214,22 @@ class EpochThroughput(L.Callback):
 
 
 class TestMetrics(L.Callback):
-    """At the end of every test stage, the cheap evaluation metrics of ``vaelab.evaluation.metrics``
-    (``eval.py`` computes them all). Logged like the module's metrics: ``test/active_units``
-    and, when ``nll_k`` > 0, ``test/nll`` (importance sampled with ``nll_k`` samples, nats
-    per image), ``test/nll_k`` and ``test/nll_normalized`` (see ``metrics.nll_label``).
-    The KL per latent dimension and the variance of each unit's posterior mean go to the
-    loggers as ``test/kl_dim/<d>`` and ``test/active_unit_variance/<d>`` (not to the printed
-    table), and as the lists ``test/kl_per_dim`` and ``test/active_unit_variance`` to
-    ``test_metrics``, which train.py adds to metrics.json; a bar chart of the KL per
-    dimension goes to TensorBoard."""
+    """At the end of every test stage, the cheap evaluation metrics of
+    ``vaelab.evaluation.metrics`` (``eval.py`` adds the rest). Logged like the module's metrics:
+    ``test/active_units`` and, when ``nll_k`` > 0, ``test/nll`` (importance sampled with
+    ``nll_k`` samples, nats per image), ``test/nll_k`` and ``test/nll_normalized`` (whether the
+    likelihood is a normalized density of the test pixels). The KL per latent dimension (when
+    the prior factorizes) and the variance of each unit's posterior mean go to the loggers as
+    ``test/kl_dim/<d>`` and ``test/active_unit_variance/<d>`` (not to the printed table), and
+    as the lists ``test/kl_per_dim`` and ``test/active_unit_variance`` to ``test_metrics``,
+    which train.py adds to metrics.json; a bar chart of the KL per dimension goes to
+    TensorBoard."""
 
     def __init__(
         self,
         nll_k: int = 100,
         max_rows: int = 4096,
-        active_unit_threshold: float = 0.01,
+        active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD,
         seed: int = 0,
     ) -> None:
         self.nll_k = nll_k
@@ -241,7 +241,7 @@ class TestMetrics(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # torchmetrics gathers across processes under DDP, like the module's own means
         device = pl_module.device
-        self._mu, self._logvar = CatMetric().to(device), CatMetric().to(device)
+        self._latent = LatentStats(pl_module.net.latent_dim, self.threshold).to(device)
         self._nll, self._binary = MeanMetric().to(device), MinMetric().to(device)
 
     def on_test_batch_end(
@@ -250,28 +250,26 @@ class TestMetrics(L.Callback):
         x, _ = batch
         net = pl_module.net
         mu, logvar = net.encode(x)
-        self._mu.update(mu)
-        self._logvar.update(logvar)
+        self._latent.update(mu, net.kl_per_dimension(mu, logvar))
         self._binary.update(float(is_binary(x)))
         if self.nll_k > 0:
             log_px = dataset_log_likelihood(
-                net, x, self.nll_k, pl_module.hparams.likelihood, self.max_rows,
-                seed=self.seed * 7919 + batch_idx,
-            )  # fmt: skip
+                net, x, self.nll_k, self.max_rows, seed=self.seed * 7919 + batch_idx
+            )
             self._nll.update(-log_px)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._mu.update_count:
+        if not self._latent.update_count:
             return
-        mu, logvar = self._mu.compute(), self._logvar.compute()
-        count, variances = active_units(mu, self.threshold)
-        kl = mean_kl_per_dimension(mu, logvar)
-        pl_module.log("test/active_units", float(count))
-        per_dim = {"test/kl_dim": kl, "test/active_unit_variance": variances}
+        stats = self._latent.compute()
+        pl_module.log("test/active_units", stats["active_units"])
+        per_dim = {"test/active_unit_variance": stats["mu_variance"]}
+        if "kl_per_dim" in stats:
+            per_dim["test/kl_dim"] = stats["kl_per_dim"]
         # vectors: to the loggers and metrics.json, not to the printed table of test results
         self.test_metrics = {
-            "test/kl_per_dim": kl.tolist(),
-            "test/active_unit_variance": variances.tolist(),
+            "test/active_unit_variance": stats["mu_variance"].tolist(),
+            **({"test/kl_per_dim": stats["kl_per_dim"].tolist()} if "kl_per_dim" in stats else {}),
         }
         for logger in trainer.loggers:
             logger.log_metrics(
@@ -280,11 +278,12 @@ class TestMetrics(L.Callback):
             )
         if self.nll_k > 0:
             binary = bool(self._binary.compute() == 1.0)
-            normalized, _ = nll_label(pl_module.hparams.likelihood, binary)
+            normalized, _ = pl_module.net.likelihood.normalization(binary)
             pl_module.log("test/nll", self._nll.compute())
             pl_module.log("test/nll_k", float(self.nll_k))
             pl_module.log("test/nll_normalized", float(normalized))
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and "kl_per_dim" in stats:
+            kl = stats["kl_per_dim"]
             fig = bar_figure(
                 kl.tolist(),
                 range(len(kl)),

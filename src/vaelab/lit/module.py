@@ -1,101 +1,62 @@
-"""The LightningModule: wraps the VAE and its loss, logs exact per-image means per split."""
+"""The generic LightningModule: trains any VAE variant on the beta-ELBO (or the IWAE bound)
+and logs exact per-image means per split."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+import inspect
+from collections.abc import Callable
 
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import Metric
 
-from vaelab.science.losses import (
-    ElboTerms,
-    elbo_loss,
-    free_bits_kl,
-    iwae_bound,
-    kl_per_dimension,
-    log_importance_weights,
-    reconstruction_loss,
-)
-from vaelab.science.models import build_network
+from vaelab.errors import VaelabError
+from vaelab.evaluation.metrics import ElboMeans, LatentStats
+from vaelab.science.bounds import ElboTerms, free_bits_kl, iwae_bound
 from vaelab.science.schedules import kl_weight
 
 SPLITS = ("train", "val", "test")
-TERMS = ("loss", "recon", "kl")
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: active when Var_x(E_q[z_u|x]) > 0.01
+TERMS = ElboMeans.TERMS
+DEFAULT_NET = "vaelab.science.variants.vae.VAE"
 
 
-class EpochMeans(Metric):
-    """Exact per-image means of the ELBO terms over an epoch, summed across DDP ranks.
-
-    One ``update`` per batch with ``terms`` [len(TERMS), B]: a single small metric instead of
-    one torchmetrics ``MeanMetric`` per term, which costs three times the per-step overhead.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("sums", torch.zeros(len(TERMS)), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
-
-    def update(self, terms: torch.Tensor) -> None:
-        self.sums += terms.detach().float().sum(1)
-        self.count += terms.shape[1]
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return dict(zip(TERMS, self.sums / self.count, strict=True))
-
-
-class LatentStats(Metric):
-    """Per latent dimension over a split: the variance over images of the posterior mean
-    (active units) and the mean KL, [D] each, summed across DDP ranks."""
-
-    full_state_update = False
-
-    def __init__(self, latent_dim: int) -> None:
-        super().__init__()
-        for name in ("mu_sum", "mu_sq_sum", "kl_sum"):
-            self.add_state(name, torch.zeros(latent_dim), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
-
-    def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
-        mu = mu.detach().float()
-        self.mu_sum += mu.sum(0)
-        self.mu_sq_sum += mu.pow(2).sum(0)
-        self.kl_sum += kl_per_dimension(mu, logvar.detach().float()).sum(0)
-        self.count += mu.shape[0]
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        mean = self.mu_sum / self.count
-        variance = (self.mu_sq_sum / self.count - mean.pow(2)).clamp(min=0)
-        return {"mu_variance": variance, "kl_per_dim": self.kl_sum / self.count}
+def build_net(target: str, arguments: dict) -> nn.Module:
+    """``target`` (a dotted class path, e.g. ``vaelab.science.variants.vae.VAE``) called with
+    ``arguments``: the network a checkpoint or a config describes."""
+    module_name, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise VaelabError(
+            f"model.net={target!r} cannot be imported ({err}); name a class such as {DEFAULT_NET}"
+        ) from None
+    return cls(**arguments)
 
 
 class VAELitModule(L.LightningModule):
-    """Trains a VAE on the negative beta-ELBO (or the IWAE bound).
+    """Trains the VAE variant ``net`` on the negative beta-ELBO (or the IWAE bound).
+
+    The network is given as a config: ``net``, the dotted path of a variant class (a subclass
+    of ``vaelab.science.variants.vae.VAE``), and ``**net_args``, its arguments (latent_dim,
+    hidden_dims, likelihood, ...). Both are saved in the checkpoint with the other arguments
+    (all but the optimizer and scheduler factories), so ``VAELitModule.load_from_checkpoint(
+    path)`` rebuilds any variant with no config.
 
     Logs ``{split}/loss``, ``{split}/recon`` and ``{split}/kl`` (nats per image) once per epoch:
     the mean over every image of the split, whatever the batch sizes; ``loss`` is always
     recon + beta * kl with the configured ``beta``, so runs compare whatever the objective.
-    Validation also logs ``val/active_units`` and ``val/kl_dim/<j>``; training logs the current
-    KL weight as ``train_step/beta``. All constructor arguments but the optimizer and scheduler
-    factories are saved in the checkpoint: ``VAELitModule.load_from_checkpoint(path)`` rebuilds
-    the model with no config.
+    Validation also logs ``val/active_units`` (and the KL per latent dimension, as
+    ``val/kl_dim/<j>``, when the prior factorizes); training logs the current KL weight as
+    ``train_step/beta``.
 
-    Objectives: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or ``iwae`` with ``k``
-    samples (Burda et al. 2015; beta, schedule and free bits do not apply to it).
+    Objectives, for every variant: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or
+    ``iwae`` with ``k`` samples (Burda et al. 2015; beta, schedule and free bits do not apply).
     """
 
     def __init__(
         self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        hidden_dims: Sequence[int] = (256, 256),
-        latent_dim: int = 32,
-        architecture: str = "mlp",
-        batch_norm: bool = False,
-        likelihood: str = "bernoulli",
+        net: str = DEFAULT_NET,
         beta: float = 1.0,
         kl_schedule: str = "constant",
         kl_warmup_steps: int = 10000,
@@ -107,31 +68,37 @@ class VAELitModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         compile: bool = False,
-        onednn_linear: bool = True,
+        **net_args,
     ) -> None:
         super().__init__()
-        input_shape, hidden_dims = list(input_shape), list(hidden_dims)  # plain lists in the ckpt
+        for key, value in net_args.items():  # plain lists in the checkpoint
+            if isinstance(value, tuple):
+                net_args[key] = list(value)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = build_network(
-            architecture, input_shape, hidden_dims, latent_dim, batch_norm, onednn_linear
-        )
+        self.net = build_net(net, net_args)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.epoch_means = nn.ModuleDict({f"{split}_means": EpochMeans() for split in SPLITS})
+        self.epoch_means = nn.ModuleDict({f"{split}_means": ElboMeans() for split in SPLITS})
         # in checkpoints: a training epoch resumed mid-way logs its full mean (validation
         # restarts from scratch after a restore, so its state is not saved)
         self.epoch_means["train_means"].persistent(True)
-        self.latent_stats = LatentStats(latent_dim)
+        self.latent_stats = LatentStats(self.net.latent_dim)
+
+    @property
+    def net_config(self) -> dict:
+        """The network as a config: ``{"_target_": net, **net_args}``."""
+        params = inspect.signature(VAELitModule.__init__).parameters.values()
+        own = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+        args = {k: v for k, v in self.hparams.items() if k not in own}
+        return {"_target_": self.hparams.net, **args}
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
 
     def elbo_terms(self, x: torch.Tensor) -> ElboTerms:
         """Per-image (loss, recon, kl) [B] for one batch, one z sample each."""
-        out = self.net(x)
-        return elbo_loss(
-            out.logits, x, out.mu, out.logvar, self.hparams.beta, self.hparams.likelihood
-        )
+        parts = self.net.elbo(x)
+        return ElboTerms(parts.recon + self.hparams.beta * parts.kl, parts.recon, parts.kl)
 
     def current_beta(self) -> float:
         """The KL weight at this optimizer step, from ``kl_schedule``."""
@@ -149,25 +116,24 @@ class VAELitModule(L.LightningModule):
 
     def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, ElboTerms]:
         """(scalar to minimise, per-image ELBO terms to log) for one training batch."""
-        hp = self.hparams
+        hp, net = self.hparams, self.net
         if hp.objective == "iwae":
-            mu, logvar = self.net.encode(x)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(
-                hp.k, *mu.shape, device=mu.device, dtype=mu.dtype
+            loss = -iwae_bound(net.log_importance_weights(x, hp.k)).mean()
+            with torch.no_grad():  # what is logged: the ELBO's terms, one z per image
+                terms = self.elbo_terms(x)
+            return loss, terms
+        parts = net.elbo(x)
+        terms = ElboTerms(parts.recon + hp.beta * parts.kl, parts.recon, parts.kl)
+        if hp.free_bits > 0:
+            per_dim = net.kl_per_dimension(parts.mu, parts.logvar)
+            kl_term = (
+                free_bits_kl(per_dim, hp.free_bits)
+                if per_dim is not None  # else the whole KL, against free_bits per dimension
+                else free_bits_kl(parts.kl.unsqueeze(1), hp.free_bits * net.latent_dim)
             )
-            logits = self.net.decode_logits(z.flatten(0, 1)).view(hp.k, *x.shape)
-            log_w = log_importance_weights(logits, x, z, mu, logvar, hp.likelihood)
-            recon = reconstruction_loss(logits[0], x, hp.likelihood)
-            kl = kl_per_dimension(mu, logvar).sum(1)
-            return -iwae_bound(log_w).mean(), ElboTerms(recon + hp.beta * kl, recon, kl)
-        out = self.net(x)
-        terms = elbo_loss(out.logits, x, out.mu, out.logvar, hp.beta, hp.likelihood)
-        kl_term = (
-            free_bits_kl(out.mu, out.logvar, hp.free_bits)
-            if hp.free_bits > 0
-            else (terms.kl.mean())
-        )
-        return terms.recon.mean() + self.current_beta() * kl_term, terms
+        else:
+            kl_term = parts.kl.mean()
+        return parts.recon.mean() + self.current_beta() * kl_term, terms
 
     def on_train_start(self) -> None:
         # the cyclical schedule's length, read once: Lightning recomputes it on each access
@@ -197,12 +163,11 @@ class VAELitModule(L.LightningModule):
 
     def _eval_step(self, batch, split: str) -> None:
         x, _ = batch
-        out = self.net(x)
-        hp = self.hparams
-        terms = elbo_loss(out.logits, x, out.mu, out.logvar, hp.beta, hp.likelihood)
+        parts = self.net.elbo(x)
+        terms = (parts.recon + self.hparams.beta * parts.kl, parts.recon, parts.kl)
         self.epoch_means[f"{split}_means"].update(torch.stack(terms))
         if split == "val":
-            self.latent_stats.update(out.mu, out.logvar)
+            self.latent_stats.update(parts.mu, self.net.kl_per_dimension(parts.mu, parts.logvar))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -217,9 +182,8 @@ class VAELitModule(L.LightningModule):
         self._log_epoch("val")
         if self.latent_stats.update_count:
             stats = self.latent_stats.compute()
-            active = (stats["mu_variance"] > ACTIVE_UNIT_THRESHOLD).sum()
-            self.log("val/active_units", active.float())
-            for j, value in enumerate(stats["kl_per_dim"]):
+            self.log("val/active_units", stats["active_units"])
+            for j, value in enumerate(stats.get("kl_per_dim", ())):
                 self.log(f"val/kl_dim/{j}", value)
         self.latent_stats.reset()
 

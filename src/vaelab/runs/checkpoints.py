@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 # hyperparameters that fix the shapes of the weights: a mismatch cannot load
-ARCHITECTURE_KEYS = ("input_shape", "hidden_dims", "latent_dim")
+ARCHITECTURE_KEYS = ("net", "architecture", "input_shape", "hidden_dims", "latent_dim")
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:

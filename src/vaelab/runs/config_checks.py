@@ -4,7 +4,7 @@ naming the key, the value and what is allowed.
 To check a new key, append a ``Rule`` to ``RULES``. A rule whose key is absent from the config
 is skipped, so rules for keys that only some configs have (or that later features add) cost
 nothing. Name rules read their allowed names from the module that implements them (e.g.
-``vaelab.science.losses.LIKELIHOODS``), so adding a name there is enough.
+``vaelab.science.likelihoods.LIKELIHOODS``), so adding a name there is enough.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ RULES: tuple[Rule, ...] = (
         "a non-empty list of integers >= 1, e.g. [256,256]",
     ),
     Rule("model.beta", number_at_least(0), "a finite number >= 0"),
-    Rule("model.likelihood", NamesFrom("vaelab.science.losses", "LIKELIHOODS")),
+    Rule("model.likelihood", NamesFrom("vaelab.science.likelihoods", "LIKELIHOODS")),
     Rule("model.optimizer.lr", positive_number, "a finite number > 0"),
     Rule("data.batch_size", int_at_least(1), "an integer >= 1"),
     Rule("data.eval_batch_size", int_at_least(1), "an integer >= 1"),
@@ -130,7 +130,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("data.binarize", NamesFrom("vaelab.data.datamodule", "BINARIZE")),
     # keys that only some versions of the model have: checked when the config has them
-    Rule("model.architecture", NamesFrom("vaelab.science.models", "ARCHITECTURES")),
+    Rule("model.architecture", NamesFrom("vaelab.science.networks", "ARCHITECTURES")),
     Rule("model.objective", OneOf(("elbo", "iwae"))),
     Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),
     Rule("model.kl_schedule", NamesFrom("vaelab.science.schedules", "KL_SCHEDULES")),
@@ -182,9 +182,31 @@ def _target_nodes(node: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
             yield from _target_nodes(child, f"{prefix}{key}.")
 
 
+def _parameters(obj: Any) -> list[str] | None:
+    """The keyword arguments ``obj`` accepts; None when it takes any (``**kwargs``) or has no
+    signature to check."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [p for p in params if p != "self"]
+
+
+def _import_problem(key: str, target: Any, err: Exception) -> str:
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    return (
+        f"{key}={format_value(target)}: cannot be imported ({reason}); "
+        "fix the name or install the package that provides it"
+    )
+
+
 def argument_problems(cfg: DictConfig) -> list[str]:
     """Keys of ``_target_`` nodes that the target does not accept (``+model.foo=1``): caught
-    here instead of as a TypeError deep inside instantiation or, for the optimizer, in fit."""
+    here instead of as a TypeError deep inside instantiation or, for the optimizer, in fit.
+    A target that passes its other keyword arguments to a network named by its ``net`` key
+    (``vaelab.lit.module.VAELitModule``) accepts that network's arguments too."""
     tree = OmegaConf.to_container(cfg, resolve=False)
     tree.pop("hydra", None)
     problems = []
@@ -193,22 +215,28 @@ def argument_problems(cfg: DictConfig) -> list[str]:
         try:
             obj = get_object(target)
         except Exception as err:  # noqa: BLE001 - any import failure: the same advice
-            problems.append(
-                f"{prefix}_target_={format_value(target)}: cannot be imported ({err}); "
-                "fix the name or install the package that provides it"
-            )
+            problems.append(_import_problem(f"{prefix}_target_", target, err))
             continue
-        try:
-            params = inspect.signature(obj).parameters
-        except (TypeError, ValueError):  # builtins without a signature: nothing to check
-            continue
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        params = _parameters(obj)
+        owner = target
+        if params is None and isinstance(node.get("net"), str):
+            try:
+                net_params = _parameters(get_object(node["net"]))
+            except Exception as err:  # noqa: BLE001
+                problems.append(_import_problem(f"{prefix}net", node["net"], err))
+                continue
+            own = [
+                p for p, v in inspect.signature(obj).parameters.items() if v.kind != v.VAR_KEYWORD
+            ]
+            params = None if net_params is None else [*own, *net_params]
+            owner = f"{target} with net={node['net']}"
+        if params is None:
             continue
         for key in node:
             if not key.startswith("_") and key not in params:
                 problems.append(
-                    f"{prefix}{key}: {target} has no argument {key!r}; remove it "
-                    f"(its arguments: {', '.join(p for p in params if p != 'self')})"
+                    f"{prefix}{key}: {owner} has no argument {key!r}; remove it "
+                    f"(its arguments: {', '.join(params)})"
                 )
     return problems
 

@@ -18,17 +18,19 @@ def make_figures(metrics: dict, samples: torch.Tensor | None) -> dict[str, Figur
     """The evaluation's figures by name: KL per latent dimension, variance of the posterior
     means per unit, reconstruction loss per digit, and (with samples) a sample grid and the
     classifier's class histogram of the samples."""
-    kl = metrics["test/kl_per_dim"]
     variances = metrics["test/active_unit_variance"]
     recon = metrics["test/recon_per_class"]
-    figures = {
-        "kl_per_dim": bar_figure(
+    figures = {}
+    if "test/kl_per_dim" in metrics:  # absent when the prior does not factorize
+        kl = metrics["test/kl_per_dim"]
+        figures["kl_per_dim"] = bar_figure(
             kl,
             range(len(kl)),
             "KL per latent dimension (test mean)",
             "latent dimension",
             "KL (nats per image)",
-        ),
+        )
+    figures |= {
         "active_units": bar_figure(
             variances,
             range(len(variances)),
@@ -112,8 +114,7 @@ def _fmt(value, digits: int = 2) -> str:
 def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
     """(metric, value, meaning) for each headline number of an evaluation."""
     m = metrics
-    kl, recon = m["test/kl_per_dim"], m["test/recon_per_class"]
-    top = max(range(len(kl)), key=kl.__getitem__)
+    recon, latent_dim = m["test/recon_per_class"], len(m["test/active_unit_variance"])
     best = min(range(len(recon)), key=recon.__getitem__)
     worst = max(range(len(recon)), key=recon.__getitem__)
     rows = [
@@ -138,13 +139,8 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
     rows += [
         (
             "test/active_units",
-            f"{m['test/active_units']} / {len(kl)}",
+            f"{m['test/active_units']} / {latent_dim}",
             f"units with Var_x(E_q[z_u|x]) > {m['active_unit_threshold']:g}",
-        ),
-        (
-            "test/kl_per_dim",
-            f"max {kl[top]:.2f} (dim {top})",
-            f"{sum(v > 0.01 for v in kl)} of {len(kl)} dims above 0.01 nats (all in metrics.json)",
         ),
         (
             "test/recon_per_class",
@@ -152,6 +148,17 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
             f"nats/image; easiest digit {best}, hardest {worst}",
         ),
     ]
+    if "test/kl_per_dim" in m:
+        kl = m["test/kl_per_dim"]
+        top = max(range(len(kl)), key=kl.__getitem__)
+        rows.append(
+            (
+                "test/kl_per_dim",
+                f"max {kl[top]:.2f} (dim {top})",
+                f"{sum(v > 0.01 for v in kl)} of {len(kl)} dims above 0.01 nats (all in "
+                "metrics.json)",
+            )
+        )
     if "samples/num" in m:
         rows += [
             (

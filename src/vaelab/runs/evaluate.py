@@ -23,6 +23,7 @@ from vaelab.evaluation.classifier import Images, cache_dirs, classify, load_or_t
 from vaelab.lit.module import VAELitModule
 from vaelab.runs.checkpoints import error_reason
 from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard
+from vaelab.science.likelihoods import is_binary
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ def load_data(cfg: DictConfig, model: VAELitModule):
     datamodule.prepare_data()
     datamodule.setup("test")
     image_shape = (1, *datamodule.data_test.images.shape[1:])
-    if tuple(model.hparams.input_shape) != image_shape:
+    if tuple(model.net.input_shape) != image_shape:
         raise VaelabError(
-            f"the checkpoint's model takes images {tuple(model.hparams.input_shape)} but "
+            f"the checkpoint's model takes images {tuple(model.net.input_shape)} but "
             f"data {cfg.data.dataset} has {image_shape}; evaluate on the data it was trained on"
         )
     return datamodule
@@ -87,7 +88,7 @@ def elbo_and_latents(model, data, n: int, batch_size: int, samples: int, gen) ->
     for idx in _batches(n, batch_size):
         x, y = data[idx]
         x = x.to(device)
-        terms = M.elbo_terms_averaged(net, x, samples, hp.likelihood, hp.beta, generator=gen)
+        terms = M.elbo_terms_averaged(net, x, samples, hp.beta, generator=gen)
         mu, logvar = net.encode(x)
         for key, value in zip(names, (*terms, mu, logvar, y), strict=True):
             parts[key].append(value.cpu())
@@ -99,7 +100,7 @@ def test_nll(model, x: torch.Tensor, nll_cfg: DictConfig, seed: int) -> torch.Te
     samples per image), with a progress bar."""
     bar = tqdm(total=len(x), desc=f"NLL (k={nll_cfg.k})", unit="image", mininterval=2)
     log_px = M.dataset_log_likelihood(
-        model.net, x, nll_cfg.k, model.hparams.likelihood, nll_cfg.max_rows,
+        model.net, x, nll_cfg.k, nll_cfg.max_rows,
         nll_cfg.batch_size, seed, nll_cfg.get("workers"), on_batch=bar.update,
     )  # fmt: skip
     bar.close()
@@ -145,13 +146,13 @@ def evaluate(cfg: DictConfig) -> dict:
     test = datamodule.data_test
     n = len(test) if cfg.get("max_images") is None else min(int(cfg.max_images), len(test))
     hp = model.hparams
-    data_binary = M.is_binary(test.images[:n].float() / 255.0)
-    normalized, note = M.nll_label(hp.likelihood, data_binary)
+    data_binary = is_binary(test.images[:n].float() / 255.0)
+    normalized, note = model.net.likelihood.normalization(data_binary)
     metrics: dict = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "likelihood": hp.likelihood,
+        "likelihood": model.net.likelihood.name,
         "beta": float(hp.beta),
-        "latent_dim": int(hp.latent_dim),
+        "latent_dim": int(model.net.latent_dim),
         "num_test_images": n,
         "data_binary": data_binary,
     }
@@ -160,7 +161,9 @@ def evaluate(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     per_image = elbo_and_latents(model, test, n, cfg.batch_size, cfg.elbo_samples, gen)
     seconds["elbo"] = time.perf_counter() - start
-    count, variances = M.active_units(per_image["mu"], cfg.active_units.threshold)
+    latent = M.LatentStats(model.net.latent_dim, cfg.active_units.threshold)
+    latent.update(per_image["mu"], model.net.kl_per_dimension(per_image["mu"], per_image["logvar"]))
+    stats = latent.compute()
     metrics.update(
         {
             "test/loss": float(per_image["loss"].mean()),
@@ -168,12 +171,10 @@ def evaluate(cfg: DictConfig) -> dict:
             "test/kl": float(per_image["kl"].mean()),
             "test/elbo": float(-(per_image["recon"] + per_image["kl"]).mean()),
             "elbo_samples": int(cfg.elbo_samples),
-            "test/active_units": count,
+            "test/active_units": int(stats["active_units"]),
             "active_unit_threshold": float(cfg.active_units.threshold),
-            "test/active_unit_variance": variances.tolist(),
-            "test/kl_per_dim": M.mean_kl_per_dimension(
-                per_image["mu"], per_image["logvar"]
-            ).tolist(),
+            "test/active_unit_variance": stats["mu_variance"].tolist(),
+            **({"test/kl_per_dim": stats["kl_per_dim"].tolist()} if "kl_per_dim" in stats else {}),
             "test/recon_per_class": M.mean_per_class(per_image["recon"], per_image["y"]).tolist(),
         }
     )

@@ -11,7 +11,6 @@ import torch
 from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
-from vaelab.evaluation.metrics import mean_kl_per_dimension
 from vaelab.evaluation.plotting import grid_figure, image_grid, save_figure
 from vaelab.runs.evaluate import load_data, load_model, resolve_device
 from vaelab.science.latent import interpolate
@@ -69,7 +68,9 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
     dim = cfg.traversal.dim
     if dim is None:  # the most informative dimension: largest mean KL over some test images
         mu_all, logvar_all = net.encode(test[torch.arange(min(len(test), 1000))][0].to(device))
-        dim = int(mean_kl_per_dimension(mu_all, logvar_all).argmax())
+        kl = net.kl_per_dimension(mu_all, logvar_all)
+        # without a factorized prior: the dimension whose posterior mean varies most
+        dim = int((kl.mean(0) if kl is not None else mu_all.var(0)).argmax())
     if not 0 <= int(dim) < net.latent_dim:
         raise VaelabError(
             f"traversal.dim={dim} must be between 0 and {net.latent_dim - 1} (the latent size)"

@@ -1,0 +1,149 @@
+"""The decoder's likelihoods p(x|z): objects with one ``log_prob`` used by training,
+validation and the NLL alike. Pixels x lie in [0, 1]; the decoder outputs logits."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vaelab.errors import VaelabError
+
+
+class Likelihood:
+    """p(x|z) given the decoder's logits. Subclasses define ``log_prob`` and ``normalization``.
+
+    ``log_prob(logits, x)``: logits [B, *image] -> [B], or [B, K, *image] (K decodings of each
+    image) -> [B, K]; x [B, *image]. Nats, summed over pixels.
+    """
+
+    name = ""
+
+    def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def mean(self, logits: Tensor) -> Tensor:
+        """What the figures show for a decoding: sigmoid(logits), in [0, 1]."""
+        return torch.sigmoid(logits)
+
+    def normalization(self, data_binary: bool) -> tuple[bool, str]:
+        """Whether ``log_prob`` is a normalized density of such data (so that the
+        importance-sampled NLL is a likelihood), and a note saying why (not)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _per_image(per_pixel: Tensor, logits: Tensor, x: Tensor) -> Tensor:
+    """Sum over the image dimensions: [B, *image] -> [B], [B, K, *image] -> [B, K]."""
+    extra = logits.dim() - x.dim()  # 1 when there are K decodings per image
+    return per_pixel.flatten(1 + extra).sum(-1)
+
+
+def _expand_x(logits: Tensor, x: Tensor) -> Tensor:
+    return x.unsqueeze(1).expand_as(logits) if logits.dim() == x.dim() + 1 else x
+
+
+def _largest_divisor_up_to(n: int, limit: int) -> int:
+    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+
+
+class Bernoulli(Likelihood):
+    """log Bernoulli(x | sigmoid(logits)): minus the binary cross-entropy, from the logits
+    (stable). A normalized density only for binary x; for grey levels it is the training loss
+    of the reference script, not a likelihood."""
+
+    name = "bernoulli"
+
+    def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
+        if logits.dim() == x.dim():
+            per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+            return -per_pixel.flatten(1).sum(1)
+        return self._log_prob_many(logits.flatten(2), x.flatten(1))
+
+    @staticmethod
+    def _log_prob_many(logits: Tensor, x: Tensor) -> Tensor:
+        """logits [B, K, P], x [B, P] -> [B, K]. The same value as the cross-entropy, in the
+        form that is about 1.7x faster on CPU for the k=5000 likelihood, where it is most of
+        the cost besides the decoder's matmuls: x*l - softplus(l) with sum_p x_p l_p as one
+        batched matrix-vector product, and softplus(l) = relu(l) - log sigmoid(|l|), where
+        sigmoid(|l|) lies in [0.5, 1] so that groups of up to 100 of them can be multiplied
+        before one log (no underflow)."""
+        xl = torch.bmm(logits, x.unsqueeze(-1).to(logits.dtype)).squeeze(-1)
+        relu_sum = logits.clamp_min(0).sum(-1)
+        group = _largest_divisor_up_to(logits.shape[-1], 100)
+        sig = logits.abs().sigmoid().view(*logits.shape[:-1], -1, group)
+        return xl - relu_sum + sig.prod(-1).log().sum(-1)
+
+    def normalization(self, data_binary: bool) -> tuple[bool, str]:
+        if data_binary:
+            return True, "normalized: Bernoulli decoder on binary pixels"
+        return False, "NOT a normalized likelihood: Bernoulli decoder on grey-level pixels"
+
+
+class Gaussian(Likelihood):
+    """Minus the squared error between x and sigmoid(logits), summed over pixels: the
+    reference script's MSE variant, log N(x; mean, 1/2) without its constant
+    (0.5 log pi per pixel). Not normalized: its "NLL" compares models with this likelihood only."""
+
+    name = "gaussian"
+
+    def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
+        per_pixel = F.mse_loss(torch.sigmoid(logits), _expand_x(logits, x), reduction="none")
+        return -_per_image(per_pixel, logits, x)
+
+    def normalization(self, data_binary: bool) -> tuple[bool, str]:
+        return False, "NOT normalized: the gaussian decoder's summed squared error"
+
+
+def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
+    """log C(eta) of the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) with natural
+    parameter eta = logits: C = eta / tanh(eta / 2), elementwise, in nats.
+
+    Stable in float32 for any eta (torch's ``ContinuousBernoulli`` clamps its probabilities,
+    so beyond |eta| ~ 15 its density no longer integrates to 1):
+    log C = log|eta| - log(-expm1(-|eta|)) + log1p(exp(-|eta|)) for |eta| >= 0.1, and the
+    series log 2 + eta^2/12 - 7 eta^4/1440 (error below 1e-9) near 0, where the logs cancel.
+    """
+    a = logits.abs()
+    small = a < 0.1
+    safe = torch.where(small, torch.ones_like(a), a)  # no log(0), no NaN gradient at 0
+    far = torch.log(safe) - torch.log(-torch.expm1(-safe)) + torch.log1p(torch.exp(-safe))
+    near_sq = torch.where(small, logits, torch.zeros_like(logits)).square()
+    near = math.log(2.0) + near_sq / 12 - 7 * near_sq.square() / 1440
+    return torch.where(small, near, far)
+
+
+class ContinuousBernoulli(Likelihood):
+    """log CB(x | logits) = log Bernoulli(x | sigmoid(logits)) + log C(logits): a normalized
+    density of pixels in [0, 1], computed stably in float32 for any logits."""
+
+    name = "continuous_bernoulli"
+
+    def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
+        xs = _expand_x(logits, x).to(logits.dtype)
+        per_pixel = xs * logits - F.softplus(logits) + continuous_bernoulli_log_norm(logits)
+        return _per_image(per_pixel, logits, x)
+
+    def normalization(self, data_binary: bool) -> tuple[bool, str]:
+        return True, "normalized: continuous Bernoulli density of pixels in [0, 1]"
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli)
+}
+
+
+def get_likelihood(name: str) -> Likelihood:
+    """The likelihood called ``name`` (one of ``LIKELIHOODS``)."""
+    if name not in LIKELIHOODS:
+        raise VaelabError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}")
+    return LIKELIHOODS[name]()
+
+
+def is_binary(x: Tensor) -> bool:
+    """True when every value of x is 0 or 1."""
+    return bool(((x == 0) | (x == 1)).all())

@@ -1,0 +1,96 @@
+"""Encoder and decoder networks of the variants: an MLP and a small convolutional pair."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from vaelab.errors import VaelabError
+
+ARCHITECTURES = ("mlp", "conv")
+
+
+def mlp(
+    sizes: Sequence[int], batch_norm: bool = False, linear: type[nn.Linear] = nn.Linear
+) -> nn.Sequential:
+    """``linear`` layers of the given sizes, each followed by (BatchNorm1d and) ReLU."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers.append(linear(n_in, n_out))
+        layers += [nn.BatchNorm1d(n_out)] if batch_norm else []
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def mlp_pair(
+    input_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    latent_dim: int,
+    batch_norm: bool,
+    linear: type[nn.Linear],
+) -> tuple[nn.Module, nn.Module, int]:
+    """(encoder: image [B, *input_shape] -> [B, hidden_dims[-1]], decoder: z [B, latent_dim]
+    -> flat logits [B, prod(input_shape)], the encoder's output width); decoder mirrored."""
+    input_dim = math.prod(input_shape)
+    encoder = nn.Sequential(nn.Flatten(), mlp([input_dim, *hidden_dims], batch_norm, linear))
+    decoder = nn.Sequential(
+        mlp([latent_dim, *reversed(hidden_dims)], batch_norm, linear),
+        linear(hidden_dims[0], input_dim),
+    )
+    return encoder, decoder, hidden_dims[-1]
+
+
+def conv_pair(
+    input_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    latent_dim: int,
+    batch_norm: bool,
+    linear: type[nn.Linear],
+) -> tuple[nn.Module, nn.Module, int]:
+    """Two stride-2 convolutions (``hidden_dims`` = their channels [c1, c2]) down to H/4 x W/4,
+    mirrored by transposed convolutions: (encoder, decoder, encoder output width)."""
+    channels, height, width = input_shape
+    if len(hidden_dims) != 2 or height % 4 or width % 4:
+        raise VaelabError(
+            "the conv architecture needs hidden_dims=[c1, c2] and H, W divisible by 4"
+        )
+    c1, c2 = hidden_dims
+    grid = (c2, height // 4, width // 4)
+
+    def block(conv: nn.Module, n: int) -> list[nn.Module]:
+        return [conv, *([nn.BatchNorm2d(n)] if batch_norm else []), nn.ReLU()]
+
+    encoder = nn.Sequential(
+        *block(nn.Conv2d(channels, c1, 4, 2, 1), c1),
+        *block(nn.Conv2d(c1, c2, 4, 2, 1), c2),
+        nn.Flatten(),
+    )
+    decoder = nn.Sequential(
+        linear(latent_dim, math.prod(grid)),
+        nn.ReLU(),
+        nn.Unflatten(1, grid),
+        *block(nn.ConvTranspose2d(c2, c1, 4, 2, 1), c1),
+        nn.ConvTranspose2d(c1, channels, 4, 2, 1),
+    )
+    return encoder, decoder, math.prod(grid)
+
+
+NETWORKS = {"mlp": mlp_pair, "conv": conv_pair}
+
+
+def encoder_decoder(
+    architecture: str,
+    input_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    latent_dim: int,
+    batch_norm: bool = False,
+    linear: type[nn.Linear] = nn.Linear,
+) -> tuple[nn.Module, nn.Module, int]:
+    """The (encoder, decoder, encoder width) of ``architecture`` (one of ``ARCHITECTURES``)."""
+    if architecture not in NETWORKS:
+        raise VaelabError(
+            f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+        )
+    return NETWORKS[architecture](input_shape, list(hidden_dims), latent_dim, batch_norm, linear)

@@ -1,0 +1,1 @@
+"""VAE variants: one ``nn.Module`` file each, with the interface of ``vae.VAE``."""
