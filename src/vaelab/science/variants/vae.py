@@ -1,7 +1,7 @@
 """The standard VAE (Kingma & Welling 2014) and the interface every variant keeps.
 
 A variant is one ``nn.Module`` file in this folder: subclass ``VAE`` and override what
-differs (VampPrior overrides the prior: ``log_prior``, ``kl``, ``sample_prior``). Everything
+differs (a new prior overrides ``log_prior``, ``kl`` and ``sample_prior``). Everything
 else in vaelab (the objectives, validation, the NLL, the figures, sample.py) uses only this
 interface:
 

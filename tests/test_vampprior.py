@@ -1,0 +1,113 @@
+"""VampPrior (Tomczak & Welling 2018) through the variant seam: its mixture prior against
+torch.distributions, its Monte Carlo KL, and the objectives and NLL that use them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from vaelab.evaluation.metrics import iwae_log_likelihood
+from vaelab.lit.module import VAELitModule
+from vaelab.science.bounds import log_normal
+from vaelab.science.variants.vampprior import VampPrior
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def small(**kwargs) -> VampPrior:
+    torch.manual_seed(0)
+    args = {"hidden_dims": [16], "latent_dim": 3, "num_pseudo_inputs": 7, **kwargs}
+    return VampPrior(**args).double()
+
+
+def mixture(net: VampPrior) -> MixtureSameFamily:
+    """The prior by torch.distributions: (1/K) sum_k N(mu_k, diag exp(logvar_k))."""
+    mu, logvar = net.components()
+    normal = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    return MixtureSameFamily(Categorical(logits=torch.zeros(len(mu), dtype=mu.dtype)), normal)
+
+
+def test_log_prior_is_the_mixture_of_the_pseudo_inputs_posteriors():
+    net = small()
+    net.pseudo_inputs.data.uniform_(0, 1)  # spread components
+    z = torch.randn(4, 5, 3, dtype=torch.float64) * 2
+    torch.testing.assert_close(net.log_prior(z), mixture(net).log_prob(z))
+
+
+def test_pseudo_inputs_are_learned_images_in_the_unit_interval():
+    net = small()
+    assert net.pseudo_inputs.shape == (7, 1, 28, 28)
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    parts = net.elbo(x)
+    (parts.recon + parts.kl).sum().backward()
+    assert net.pseudo_inputs.grad is not None and net.pseudo_inputs.grad.abs().sum() > 0
+    with torch.no_grad():
+        net.pseudo_inputs.fill_(3.0)
+    pseudo = net.pseudo_activation(net.pseudo_inputs)
+    assert float(pseudo.detach().max()) == 1.0
+
+
+def test_monte_carlo_kl_averages_to_the_expected_log_ratio():
+    net = small()
+    net.pseudo_inputs.data.uniform_(0, 1)
+    mu, logvar = torch.zeros(1, 3, dtype=torch.float64), torch.full((1, 3), -1.0).double()
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(40000, 3, dtype=torch.float64)
+    expected = (log_normal(z, mu, logvar) - mixture(net).log_prob(z)).mean()
+    many = net.kl(mu, logvar, z.view(1, -1, 3))  # [B, S, D]: averaged over S
+    torch.testing.assert_close(many, expected.view(1))
+    one = net.kl(mu.expand(5, 3), logvar.expand(5, 3), z[:5])  # one draw each
+    torch.testing.assert_close(one, log_normal(z[:5], mu, logvar) - net.log_prior(z[:5]))
+    assert net.kl_per_dimension(mu, logvar) is None
+
+
+def test_samples_come_from_the_mixture():
+    net = small()
+    net.pseudo_inputs.data.uniform_(0, 1)
+    z = net.sample_prior(50000, torch.Generator().manual_seed(0)).double()
+    prior = mixture(net)
+    torch.testing.assert_close(z.mean(0), prior.mean, rtol=0, atol=0.03)
+    torch.testing.assert_close(z.var(0), prior.variance, rtol=0.05, atol=0.01)
+
+
+def test_nll_uses_the_mixture_prior():
+    net = small().eval()
+    x = (torch.rand(3, 1, 28, 28, dtype=torch.float64) > 0.5).double()
+    k = 6
+    estimate = iwae_log_likelihood(net, x, k, generator=torch.Generator().manual_seed(1))
+    mu, logvar = net.encode(x)
+    eps = torch.randn(3, k, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps
+    logits = net.decode_logits(z.flatten(0, 1)).view(3, k, -1)
+    log_px_z = torch.distributions.Bernoulli(logits=logits).log_prob(x.flatten(1).unsqueeze(1))
+    log_q = Normal(mu.unsqueeze(1), torch.exp(0.5 * logvar).unsqueeze(1)).log_prob(z).sum(-1)
+    log_w = log_px_z.sum(-1) + mixture(net).log_prob(z) - log_q
+    torch.testing.assert_close(estimate, torch.logsumexp(log_w, 1) - math.log(k))
+
+
+@pytest.mark.parametrize("objective", [{}, {"free_bits": 0.5}, {"objective": "iwae", "k": 4}])
+def test_every_objective_trains_the_vampprior(objective):
+    torch.manual_seed(0)
+    net = "vaelab.science.variants.vampprior.VampPrior"
+    model = VAELitModule(net, hidden_dims=[16], latent_dim=3, num_pseudo_inputs=5, **objective)
+    loss, terms = model.objective(torch.rand(8, 1, 28, 28))
+    loss.backward()
+    assert torch.isfinite(loss) and terms.kl.shape == (8,)
+    assert model.net.pseudo_inputs.grad is not None
+
+
+def test_bad_number_of_pseudo_inputs_is_one_line():
+    with pytest.raises(ValueError, match=r"^model.num_pseudo_inputs=0 must be an integer >= 1$"):
+        VampPrior(num_pseudo_inputs=0)
+
+
+def test_the_variant_is_named_in_one_python_file_of_the_package():
+    files = [
+        p.relative_to(SRC).as_posix()
+        for p in SRC.rglob("*.py")
+        if "vampprior" in p.read_text().lower()
+    ]
+    assert files == ["vaelab/science/variants/vampprior.py"]
