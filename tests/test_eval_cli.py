@@ -1,5 +1,5 @@
 """eval.py and sample.py end to end: a tiny checkpoint trained on the synthetic data by
-train.py (whose test stage runs the TestMetrics callback), then both scripts as users run
+train.py (whose test stage runs the EvaluationMetrics callback), then both scripts as users run
 them, with small k and sample counts."""
 
 from __future__ import annotations

@@ -172,12 +172,34 @@ def test_active_units_counts_dimensions_whose_mean_varies_above_threshold():
     assert int(low.compute()["active_units"]) == 3
 
 
-def test_mean_per_class():
+def test_class_means_over_batches():
     values = torch.tensor([1.0, 3.0, 10.0, 5.0])
     labels = torch.tensor([0, 0, 2, 2])
-    out = M.mean_per_class(values, labels, num_classes=4)
+    means = M.ClassMeans(num_classes=4)
+    means.update(values[:3], labels[:3])
+    means.update(values[3:], labels[3:])
+    out = means.compute()
     torch.testing.assert_close(out[[0, 2]], torch.tensor([2.0, 7.5]))
     assert out[1].isnan() and out[3].isnan()
+
+
+def test_nll_metric_is_the_mean_of_the_importance_sampled_estimates():
+    torch.manual_seed(0)
+    net = VAE(latent_dim=4, hidden_dims=(16,)).eval()
+    x = (torch.rand(6, 1, 28, 28) > 0.5).float()
+    metric = M.NegativeLogLikelihood(k=5, batch_size=3, workers=1)
+    with torch.inference_mode():
+        metric.update(net, x[:4], seed=1)
+        metric.update(net, x[4:], seed=2)
+        expected = torch.cat(
+            [-M.dataset_log_likelihood(net, x[:4], 5, batch_size=3, seed=1, workers=1),
+             -M.dataset_log_likelihood(net, x[4:], 5, batch_size=3, seed=2, workers=1)]
+        )  # fmt: skip
+    nll, binary = metric.compute()
+    torch.testing.assert_close(nll, expected.mean())
+    assert binary
+    metric.update(net, torch.full((1, 1, 28, 28), 0.5), seed=3)
+    assert not metric.compute()[1]
 
 
 def test_class_histogram_entropy_and_confidence():

@@ -114,6 +114,14 @@ class MNISTDataModule(L.LightningDataModule):
         shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
+        # in checkpoints (as plain containers): eval.py and sample.py read the data settings
+        self.save_hyperparameters()
+        self.hparams.update(
+            data_dir=str(data_dir),
+            mirrors=list(mirrors),
+            search_dirs=list(search_dirs),
+            checksums=dict(checksums) if checksums else None,
+        )
         if binarize not in BINARIZE:
             raise VaelabError(f"data.binarize={binarize!r} is not one of {', '.join(BINARIZE)}")
         self.data_dir = Path(data_dir).expanduser().resolve()

@@ -82,6 +82,56 @@ class LatentStats(Metric):
         return out
 
 
+class ClassMeans(Metric):
+    """Mean of a per-image value for each class 0..num_classes-1 over a split (summed across
+    DDP ranks): ``update(values [B], labels [B])``; ``compute()`` -> [num_classes], NaN for a
+    class with no images."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.add_state("sums", torch.zeros(num_classes, dtype=torch.float64), "sum")
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.float64), "sum")
+
+    def update(self, values: Tensor, labels: Tensor) -> None:
+        labels = labels.long()
+        self.sums.index_add_(0, labels, values.detach().double())
+        self.counts.index_add_(0, labels, torch.ones_like(self.counts[labels]))
+
+    def compute(self) -> Tensor:
+        return (self.sums / self.counts).float()
+
+
+class NegativeLogLikelihood(Metric):
+    """-log p(x) in nats per image, importance sampled with k samples
+    (``dataset_log_likelihood``), averaged over a split and summed across DDP ranks.
+    ``update(net, x, seed)``: the seed picks the batch's draws. ``compute()`` -> (mean NLL,
+    whether every pixel seen was 0 or 1: whether a Bernoulli NLL is a likelihood)."""
+
+    full_state_update = False
+
+    def __init__(
+        self, k: int = 5000, max_rows: int = 4096, batch_size: int = 100, workers=None
+    ) -> None:
+        super().__init__()
+        self.k, self.max_rows, self.batch_size, self.workers = k, max_rows, batch_size, workers
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("non_binary", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, net, x: Tensor, seed: int = 0) -> None:
+        log_px = dataset_log_likelihood(
+            net, x, self.k, self.max_rows, self.batch_size, seed, self.workers
+        )
+        self.total -= log_px.double().sum()
+        self.count += len(x)
+        self.non_binary += (~((x == 0) | (x == 1))).sum()
+
+    def compute(self) -> tuple[Tensor, bool]:
+        return (self.total / self.count).float(), bool(self.non_binary == 0)
+
+
 _malloc_threshold_raised = False
 
 
@@ -190,24 +240,6 @@ def elbo_terms_averaged(
     recon = -net.log_px_given_z(z, x).mean(1)
     kl = net.kl(mu, logvar, z)
     return ElboTerms(recon + beta * kl, recon, kl)
-
-
-def active_units(mu: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, Tensor]:
-    """Active units (Burda et al. 2015): unit u is active when Var_x(E_q[z_u|x]) > threshold.
-    mu [N, D] posterior means over a data set -> (count, variances [D]); the variance is
-    over the N images (divided by N)."""
-    variances = mu.var(0, correction=0)
-    return int((variances > threshold).sum()), variances
-
-
-def mean_per_class(values: Tensor, labels: Tensor, num_classes: int = 10) -> Tensor:
-    """Mean of values [N] for each label in 0..num_classes-1 (labels [N]) -> [num_classes];
-    NaN for a class with no items."""
-    labels = labels.long()
-    sums = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
-    sums.index_add_(0, labels, values.double())
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    return (sums / counts).to(values.dtype)
 
 
 def class_histogram(probs: Tensor) -> Tensor:

@@ -10,12 +10,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchmetrics import MeanMetric, MinMetric
 
 from vaelab.evaluation.metrics import (
     ACTIVE_UNIT_THRESHOLD,
+    ClassMeans,
+    ElboMeans,
     LatentStats,
-    dataset_log_likelihood,
+    NegativeLogLikelihood,
+    elbo_terms_averaged,
 )
 from vaelab.evaluation.plotting import (
     bar_figure,
@@ -26,7 +28,6 @@ from vaelab.evaluation.plotting import (
     training_curves_figure,
 )
 from vaelab.science.latent import encode_dataset, interpolate, project_2d
-from vaelab.science.likelihoods import is_binary
 
 
 def _first_loader(loaders):
@@ -213,79 +214,128 @@ class EpochThroughput(L.Callback):
             pl_module.log("train/samples_per_sec", self._samples / seconds, logger=True)
 
 
-class TestMetrics(L.Callback):
-    """At the end of every test stage, the cheap evaluation metrics of
-    ``vaelab.evaluation.metrics`` (``eval.py`` adds the rest). Logged like the module's metrics:
-    ``test/active_units`` and, when ``nll_k`` > 0, ``test/nll`` (importance sampled with
-    ``nll_k`` samples, nats per image), ``test/nll_k`` and ``test/nll_normalized`` (whether the
-    likelihood is a normalized density of the test pixels). The KL per latent dimension (when
-    the prior factorizes) and the variance of each unit's posterior mean go to the loggers as
-    ``test/kl_dim/<d>`` and ``test/active_unit_variance/<d>`` (not to the printed table), and
-    as the lists ``test/kl_per_dim`` and ``test/active_unit_variance`` to ``test_metrics``,
-    which train.py adds to metrics.json; a bar chart of the KL per dimension goes to
-    TensorBoard."""
+class EvaluationMetrics(L.Callback):
+    """The evaluation metrics of ``vaelab.evaluation.metrics`` over the test stage: the one
+    evaluation path of the end of training (``callbacks.test_metrics``) and of eval.py.
+
+    Every test stage: active units and the KL per latent dimension (``LatentStats``) and, when
+    ``nll_k`` > 0, -log p(x) importance sampled with ``nll_k`` samples per image
+    (``NegativeLogLikelihood``). With ``elbo_samples`` > 0 also the ELBO's terms averaged over
+    that many z per image and the reconstruction loss per digit (what eval.py reports).
+    ``max_images`` limits the test images used (the first ones).
+
+    Logged like the module's metrics: ``test/active_units`` and, with the NLL, ``test/nll``
+    (nats per image), ``test/nll_k`` and ``test/nll_normalized`` (whether the likelihood is a
+    normalized density of the test pixels). The per-dimension values go to the loggers as
+    ``test/kl_dim/<d>`` and ``test/active_unit_variance/<d>`` and, as lists, to
+    ``test_metrics`` (train.py adds them to metrics.json); a bar chart of the KL per dimension
+    goes to TensorBoard. ``results`` holds everything computed, as plain numbers and lists.
+    """
 
     def __init__(
         self,
         nll_k: int = 100,
         max_rows: int = 4096,
+        nll_batch_size: int = 100,
+        nll_workers: int | None = None,
+        elbo_samples: int = 0,
         active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD,
+        max_images: int | None = None,
         seed: int = 0,
     ) -> None:
         self.nll_k = nll_k
         self.max_rows = max_rows
+        self.nll_batch_size = nll_batch_size
+        self.nll_workers = nll_workers
+        self.elbo_samples = elbo_samples
         self.threshold = active_unit_threshold
+        self.max_images = max_images
         self.seed = seed
         self.test_metrics: dict[str, list[float]] = {}
+        self.results: dict = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # torchmetrics gathers across processes under DDP, like the module's own means
         device = pl_module.device
         self._latent = LatentStats(pl_module.net.latent_dim, self.threshold).to(device)
-        self._nll, self._binary = MeanMetric().to(device), MinMetric().to(device)
+        self._nll = NegativeLogLikelihood(
+            self.nll_k, self.max_rows, self.nll_batch_size, self.nll_workers
+        ).to(device)
+        self._elbo, self._per_class = ElboMeans().to(device), ClassMeans().to(device)
+        self._generator = torch.Generator(device).manual_seed(self.seed)
+        self._seen = 0
 
     def on_test_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        x, _ = batch
+        x, y = batch
+        if self.max_images is not None:
+            x, y = x[: self.max_images - self._seen], y[: self.max_images - self._seen]
+            if not len(x):
+                return
+        self._seen += len(x)
         net = pl_module.net
         mu, logvar = net.encode(x)
         self._latent.update(mu, net.kl_per_dimension(mu, logvar))
-        self._binary.update(float(is_binary(x)))
+        if self.elbo_samples > 0:
+            beta = pl_module.hparams.beta
+            terms = elbo_terms_averaged(net, x, self.elbo_samples, beta, self._generator)
+            self._elbo.update(torch.stack(terms))
+            self._per_class.update(terms.recon, y)
         if self.nll_k > 0:
-            log_px = dataset_log_likelihood(
-                net, x, self.nll_k, self.max_rows, seed=self.seed * 7919 + batch_idx
-            )
-            self._nll.update(-log_px)
+            seed = (self.seed * 7919 + batch_idx) * 131 + trainer.global_rank
+            self._nll.update(net, x, seed)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._latent.update_count:
             return
         stats = self._latent.compute()
-        pl_module.log("test/active_units", stats["active_units"])
-        per_dim = {"test/active_unit_variance": stats["mu_variance"]}
-        if "kl_per_dim" in stats:
-            per_dim["test/kl_dim"] = stats["kl_per_dim"]
-        # vectors: to the loggers and metrics.json, not to the printed table of test results
-        self.test_metrics = {
+        results: dict = {
+            "num_test_images": int(self._latent.count),
+            "test/active_units": int(stats["active_units"]),
+            "active_unit_threshold": self.threshold,
             "test/active_unit_variance": stats["mu_variance"].tolist(),
-            **({"test/kl_per_dim": stats["kl_per_dim"].tolist()} if "kl_per_dim" in stats else {}),
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(
-                {f"{name}/{d}": float(v) for name, vs in per_dim.items() for d, v in enumerate(vs)},
-                step=trainer.global_step,
-            )
+        if "kl_per_dim" in stats:
+            results["test/kl_per_dim"] = stats["kl_per_dim"].tolist()
+        if self.elbo_samples > 0:
+            means = self._elbo.compute()
+            results |= {f"test/{term}": float(value) for term, value in means.items()}
+            results["test/elbo"] = -(results["test/recon"] + results["test/kl"])
+            results["elbo_samples"] = self.elbo_samples
+            results["test/recon_per_class"] = self._per_class.compute().tolist()
+        pl_module.log("test/active_units", stats["active_units"])
         if self.nll_k > 0:
-            binary = bool(self._binary.compute() == 1.0)
-            normalized, _ = pl_module.net.likelihood.normalization(binary)
-            pl_module.log("test/nll", self._nll.compute())
+            nll, binary = self._nll.compute()
+            normalized, note = pl_module.net.likelihood.normalization(binary)
+            results |= {
+                "test/nll": float(nll),
+                "nll_k": self.nll_k,
+                "data_binary": binary,
+                "nll_normalized": normalized,
+                "nll_note": note,
+            }
+            pl_module.log("test/nll", nll)
             pl_module.log("test/nll_k", float(self.nll_k))
             pl_module.log("test/nll_normalized", float(normalized))
-        if trainer.is_global_zero and "kl_per_dim" in stats:
-            kl = stats["kl_per_dim"]
+        self.results = results
+        # vectors: to the loggers and metrics.json, not to the printed table of test results
+        vectors = ("test/kl_per_dim", "test/active_unit_variance")
+        self.test_metrics = {k: results[k] for k in vectors if k in results}
+        per_dim = {"test/kl_dim": "test/kl_per_dim", "test/active_unit_variance": vectors[1]}
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {
+                    f"{name}/{d}": float(v)
+                    for name, key in per_dim.items()
+                    for d, v in enumerate(results.get(key, ()))
+                },
+                step=trainer.global_step,
+            )
+        if trainer.is_global_zero and "test/kl_per_dim" in results:
+            kl = results["test/kl_per_dim"]
             fig = bar_figure(
-                kl.tolist(),
+                kl,
                 range(len(kl)),
                 "KL per latent dimension (test mean)",
                 "latent dimension",

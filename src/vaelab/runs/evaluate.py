@@ -1,7 +1,7 @@
-"""Evaluation entry point behind ``eval.py``: load a checkpoint, compute the metrics of
-``vaelab.evaluation.metrics`` on the test set, write metrics.json, figures and TensorBoard
-scalars, and print a table. The maths is in ``vaelab.evaluation.metrics``; this module
-orchestrates."""
+"""Evaluation behind ``eval.py``: the checkpoint's model tested by a Lightning Trainer with the
+``EvaluationMetrics`` callback (the same metrics as at the end of training), on the data the
+model was trained on, plus the quality of its samples by a digit classifier; writes
+metrics.json, figures and TensorBoard scalars, and prints a table."""
 
 from __future__ import annotations
 
@@ -11,23 +11,34 @@ import math
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
-from tqdm import tqdm
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.data.files import ensure_files, load_split
 from vaelab.errors import VaelabError
 from vaelab.evaluation import metrics as M
 from vaelab.evaluation.classifier import Images, cache_dirs, classify, load_or_train
+from vaelab.lit.callbacks import EvaluationMetrics
 from vaelab.lit.module import VAELitModule
 from vaelab.runs.checkpoints import error_reason
 from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard
-from vaelab.science.likelihoods import is_binary
 
 log = logging.getLogger(__name__)
 
 CKPT_HINT = "logs/train/runs/<run>/checkpoints/last.ckpt"
+# what eval.py and sample.py take from the checkpoint's data module unless given on the
+# command line: which data set, and how its pixels were binarized
+DATA_FROM_CHECKPOINT = (
+    "dataset",
+    "mirrors",
+    "checksums",
+    "search_dirs",
+    "binarize",
+    "binarize_seed",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,51 +71,59 @@ def load_model(ckpt_path: str | None, device: torch.device) -> VAELitModule:
     return model.eval().to(device)
 
 
+def command_line_keys() -> set[str]:
+    """The config keys (and groups) set on this run's command line; empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return set()
+    overrides = HydraConfig.get().overrides.task
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+
+
+def saved_data_settings(ckpt_path: str | Path) -> dict:
+    """The data module's arguments saved in a train.py checkpoint ({} in older ones)."""
+    checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True)
+    return dict(checkpoint.get("datamodule_hyper_parameters") or {})
+
+
+def data_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.data`` with the data set and binarization of the checkpoint's training run, except
+    where the command line sets them (``data=...`` or ``data.<key>=...``)."""
+    data = cfg.data.copy()
+    saved = saved_data_settings(cfg.ckpt_path) if cfg.get("data_from_checkpoint", True) else {}
+    given = command_line_keys()
+    if not saved or "data" in given:
+        return data
+    taken = {
+        key: saved[key]
+        for key in DATA_FROM_CHECKPOINT
+        if key in saved and f"data.{key}" not in given and saved[key] != data.get(key)
+    }
+    with open_dict(data):
+        data.merge_with(OmegaConf.create(taken))
+    if taken:
+        log.info(
+            "Data settings of the checkpoint: %s", ", ".join(f"{k}={v}" for k, v in taken.items())
+        )
+    return data
+
+
 def load_data(cfg: DictConfig, model: VAELitModule):
-    """The datamodule of ``cfg.data``, set up, after checking its images fit the model."""
-    datamodule = instantiate(cfg.data)
+    """The datamodule of the checkpoint's data (``data_config``), set up for testing, after
+    checking its images fit the model."""
+    datamodule = instantiate(data_config(cfg), _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test")
     image_shape = (1, *datamodule.data_test.images.shape[1:])
     if tuple(model.net.input_shape) != image_shape:
         raise VaelabError(
             f"the checkpoint's model takes images {tuple(model.net.input_shape)} but "
-            f"data {cfg.data.dataset} has {image_shape}; evaluate on the data it was trained on"
+            f"data {datamodule.dataset} has {image_shape}; evaluate on the data it was trained on"
         )
     return datamodule
 
 
 def _batches(n: int, batch_size: int):
     return (torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
-
-
-@torch.inference_mode()
-def elbo_and_latents(model, data, n: int, batch_size: int, samples: int, gen) -> dict:
-    """Per test image: ELBO terms (recon averaged over ``samples`` z), mu, logvar, label."""
-    net, hp = model.net, model.hparams
-    device = next(net.parameters()).device
-    names = ("loss", "recon", "kl", "mu", "logvar", "y")
-    parts: dict[str, list] = {k: [] for k in names}
-    for idx in _batches(n, batch_size):
-        x, y = data[idx]
-        x = x.to(device)
-        terms = M.elbo_terms_averaged(net, x, samples, hp.beta, generator=gen)
-        mu, logvar = net.encode(x)
-        for key, value in zip(names, (*terms, mu, logvar, y), strict=True):
-            parts[key].append(value.cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def test_nll(model, x: torch.Tensor, nll_cfg: DictConfig, seed: int) -> torch.Tensor:
-    """-log p(x) [N] in nats of images x [N, *shape] by importance sampling (``nll_cfg.k``
-    samples per image), with a progress bar."""
-    bar = tqdm(total=len(x), desc=f"NLL (k={nll_cfg.k})", unit="image", mininterval=2)
-    log_px = M.dataset_log_likelihood(
-        model.net, x, nll_cfg.k, nll_cfg.max_rows,
-        nll_cfg.batch_size, seed, nll_cfg.get("workers"), on_batch=bar.update,
-    )  # fmt: skip
-    bar.close()
-    return -log_px.cpu()
 
 
 @torch.inference_mode()
@@ -115,10 +134,7 @@ def sample_quality(model, classifier, real_x: torch.Tensor, train_x, num: int, g
     net = model.net
     device = next(net.parameters()).device
     samples = torch.cat(
-        [
-            net.decode(torch.randn(len(i), net.latent_dim, generator=gen, device=device)).cpu()
-            for i in _batches(num, 1000)
-        ]
+        [net.decode(net.sample_prior(len(i), gen).to(device)).cpu() for i in _batches(num, 1000)]
     )
     probs, fake = classify(classifier, samples)
     _, real = classify(classifier, real_x)
@@ -136,69 +152,64 @@ def sample_quality(model, classifier, real_x: torch.Tensor, train_x, num: int, g
     }
 
 
+def evaluation_trainer(cfg: DictConfig, callback: L.Callback) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` on ``cfg.device`` (auto, cpu or cuda), testing at most
+    ``cfg.max_images`` images, with ``callback`` and no logger or checkpoints."""
+    resolve_device(cfg.get("device", "auto"))  # a clear line when cuda is asked for and absent
+    accelerator = {"auto": "auto", "cpu": "cpu"}.get(str(cfg.get("device", "auto")), "gpu")
+    max_images = cfg.get("max_images")
+    return instantiate(
+        cfg.trainer,
+        accelerator=accelerator,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_test_batches=math.ceil(max_images / cfg.batch_size) if max_images else None,
+    )
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on the test set of ``cfg.data``; return the metrics."""
-    device = resolve_device(cfg.get("device", "auto"))
-    model = load_model(cfg.get("ckpt_path"), device)
+    """Evaluate ``cfg.ckpt_path`` on the test set of its data; return the metrics."""
+    model = load_model(cfg.get("ckpt_path"), torch.device("cpu"))
     datamodule = load_data(cfg, model)
+    datamodule.eval_batch_size = int(cfg.batch_size)
     out_dir = Path(cfg.paths.output_dir)
-    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    test = datamodule.data_test
-    n = len(test) if cfg.get("max_images") is None else min(int(cfg.max_images), len(test))
+    callback = EvaluationMetrics(
+        nll_k=int(cfg.nll.k),
+        max_rows=int(cfg.nll.max_rows),
+        nll_batch_size=int(cfg.nll.batch_size),
+        nll_workers=cfg.nll.get("workers"),
+        elbo_samples=max(1, int(cfg.elbo_samples)),
+        active_unit_threshold=float(cfg.active_units.threshold),
+        max_images=cfg.get("max_images"),
+        seed=int(cfg.seed),
+    )
+    trainer = evaluation_trainer(cfg, callback)
+    start = time.perf_counter()
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    seconds = {"test": time.perf_counter() - start}
     hp = model.hparams
-    data_binary = is_binary(test.images[:n].float() / 255.0)
-    normalized, note = model.net.likelihood.normalization(data_binary)
     metrics: dict = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "likelihood": model.net.likelihood.name,
         "beta": float(hp.beta),
         "latent_dim": int(model.net.latent_dim),
-        "num_test_images": n,
-        "data_binary": data_binary,
+        "data": {k: datamodule.hparams.get(k) for k in ("dataset", "binarize")},
+        **callback.results,
     }
-    seconds: dict[str, float] = {}
-
-    start = time.perf_counter()
-    per_image = elbo_and_latents(model, test, n, cfg.batch_size, cfg.elbo_samples, gen)
-    seconds["elbo"] = time.perf_counter() - start
-    latent = M.LatentStats(model.net.latent_dim, cfg.active_units.threshold)
-    latent.update(per_image["mu"], model.net.kl_per_dimension(per_image["mu"], per_image["logvar"]))
-    stats = latent.compute()
-    metrics.update(
-        {
-            "test/loss": float(per_image["loss"].mean()),
-            "test/recon": float(per_image["recon"].mean()),
-            "test/kl": float(per_image["kl"].mean()),
-            "test/elbo": float(-(per_image["recon"] + per_image["kl"]).mean()),
-            "elbo_samples": int(cfg.elbo_samples),
-            "test/active_units": int(stats["active_units"]),
-            "active_unit_threshold": float(cfg.active_units.threshold),
-            "test/active_unit_variance": stats["mu_variance"].tolist(),
-            **({"test/kl_per_dim": stats["kl_per_dim"].tolist()} if "kl_per_dim" in stats else {}),
-            "test/recon_per_class": M.mean_per_class(per_image["recon"], per_image["y"]).tolist(),
-        }
-    )
-
-    if cfg.nll.k > 0:
-        start = time.perf_counter()
-        x = test[torch.arange(n)][0].to(device)
-        nll = test_nll(model, x, cfg.nll, int(cfg.seed))
-        seconds["nll"] = time.perf_counter() - start
-        metrics.update(
-            {
-                "test/nll": float(nll.mean()),
-                "nll_k": int(cfg.nll.k),
-                "nll_normalized": normalized,
-                "nll_note": note,
-            }
-        )
+    device = trainer.strategy.root_device
+    model.to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    test = datamodule.data_test
+    n = metrics["num_test_images"]
 
     samples = None
     if cfg.sample_quality.enabled:
         start = time.perf_counter()
         train = training_images(datamodule)
         classifier, info = classifier_for(cfg, datamodule, train)
-        real_x = test[torch.arange(n)][0]
+        real_x = test[torch.arange(n, device=test.images.device)][0].cpu()
         quality = sample_quality(
             model, classifier, real_x, train.x, cfg.sample_quality.num_samples, gen
         )

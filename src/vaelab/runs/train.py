@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
-        for callback in trainer.callbacks:  # per-dimension lists, e.g. from TestMetrics
+        for callback in trainer.callbacks:  # per-dimension lists, e.g. from EvaluationMetrics
             metrics.update(getattr(callback, "test_metrics", {}))
     best_score = checkpoint.best_model_score if isinstance(checkpoint, ModelCheckpoint) else None
     metrics["val/loss"] = (
