@@ -115,3 +115,18 @@ def test_resume_continues_the_run_from_its_newest_checkpoint(trained_run):
     with open(run_dir / "csv" / "metrics.csv") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f) if row["train/loss"]]
     assert epochs == [0, 1]  # the rows of the first process are kept, none repeated
+
+
+def test_seed_reference_tests_the_final_weights_not_the_best_by_test_data(
+    synthetic_root, tmp_path
+):
+    """With experiment=seed_reference validation runs on the test set, so picking the best
+    epoch by val/loss would choose on test data: the test stage takes the final weights."""
+    overrides = [*synthetic_overrides(synthetic_root, tmp_path), *TINY, "logger=[]"]
+    default = train(compose_train(overrides, tmp_path / "default"))
+    assert default["tested_checkpoint"] == default["best_checkpoint"] != ""
+    cfg = compose_train([*overrides, "experiment=seed_reference"], tmp_path / "reference")
+    metrics = train(cfg)
+    assert metrics["tested_checkpoint"] == "final weights"
+    # the test set is the validation set here: the final weights' test loss is their val loss
+    assert metrics["test/loss"] == pytest.approx(metrics["val/loss_last"], abs=1.0)

@@ -129,6 +129,7 @@ RULES: tuple[Rule, ...] = (
         "null or a number >= 0",
     ),
     Rule("data.binarize", NamesFrom("vaelab.data.datamodule", "BINARIZE")),
+    Rule("test_checkpoint", OneOf(("best", "last"))),
     # keys that only some versions of the model have: checked when the config has them
     Rule("model.architecture", NamesFrom("vaelab.science.networks", "ARCHITECTURES")),
     Rule("model.objective", OneOf(("elbo", "iwae"))),

@@ -13,6 +13,7 @@ SHOWN = (
     ("test/loss", "test loss (nats/image)"),
     ("test/recon", "test recon"),
     ("test/kl", "test KL"),
+    ("tested_checkpoint", "tested"),
     ("val/loss", "best val loss"),
     ("val/active_units_last", "active units (val)"),
     ("epochs", "epochs"),
@@ -35,7 +36,10 @@ def summary_table(metrics: dict) -> Table:
     table.add_column(justify="right")
     for key, label in SHOWN:
         if key in metrics:
-            table.add_row(label, _fmt(metrics[key]))
+            value = metrics[key]
+            if key == "tested_checkpoint" and value.endswith(".ckpt"):
+                value = Path(value).name
+            table.add_row(label, _fmt(value))
     return table
 
 

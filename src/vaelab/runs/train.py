@@ -117,10 +117,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     metrics: dict[str, float | int | str] = {}
     if cfg.get("test", True):
+        # "last": the weights fit ended with (validation may have seen the test set)
+        tested = best_path if cfg.get("test_checkpoint", "best") == "best" else ""
         with interruptible(trainer, cfg.paths.output_dir):
-            trainer.test(
-                model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
-            )
+            trainer.test(model, datamodule=datamodule, ckpt_path=tested or None, weights_only=True)
+        metrics["tested_checkpoint"] = tested or "final weights"
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
