@@ -117,9 +117,7 @@ def test_resume_continues_the_run_from_its_newest_checkpoint(trained_run):
     assert epochs == [0, 1]  # the rows of the first process are kept, none repeated
 
 
-def test_seed_reference_tests_the_final_weights_not_the_best_by_test_data(
-    synthetic_root, tmp_path
-):
+def test_seed_reference_tests_the_final_weights_not_the_best_by_test_data(synthetic_root, tmp_path):
     """With experiment=seed_reference validation runs on the test set, so picking the best
     epoch by val/loss would choose on test data: the test stage takes the final weights."""
     overrides = [*synthetic_overrides(synthetic_root, tmp_path), *TINY, "logger=[]"]

@@ -88,3 +88,22 @@ def test_runs_of_only_add_up(synthetic_root, collapse_run):
     check_row(row, metrics, latent_dim=32)
     assert row["NLL k"] == "5000" and "(!)" not in row["test NLL"]  # binary: normalized
     assert f"test NLL of {metrics['test/nll']:.2f} nats (k=5000" in report
+
+
+def test_sections_of_experiments_not_run_are_kept(tmp_path):
+    """--report-only with no logs of exercise_architecture keeps its earlier section."""
+    out = tmp_path / "results.md"
+    out.write_text("# old\n\n## exercise_architecture\n\nkept table\n\n## not_an_experiment\n\nx\n")
+    result = run_script(
+        "scripts/reproduce_results.py",
+        ["--report-only", "--log-dir", str(tmp_path / "logs"), "--out", str(out)],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = out.read_text()
+    assert "## exercise_architecture\n\nkept table\n" in report
+    assert "not_an_experiment" not in report and "# old" not in report
+
+
+def test_prior_comparison_experiment_composes():
+    cfg = compose_train(["experiment=prior_comparison"])
+    assert cfg.data.binarize == "dynamic" and cfg.callbacks.test_metrics.nll_k == 5000
