@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
-from vaelab.errors import run_or_exit
+from vaelab.runs.cli import run_or_exit
 from vaelab.runs.evaluate import evaluate
 
 

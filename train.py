@@ -12,16 +12,12 @@ from omegaconf import DictConfig
 
 import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import TrainingInterrupted, VaelabError
+from vaelab.runs.cli import print_error
 from vaelab.runs.resume import resume_argv, resume_command
 from vaelab.runs.sweep import failed_jobs, record_failed_job
 from vaelab.runs.train import train
 
 log = logging.getLogger(__name__)
-
-
-def print_error(err: Exception) -> None:
-    for line in str(err).splitlines():
-        print(f"error: {line}", file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -41,7 +41,7 @@ import vaelab.runs  # noqa: F401  (registers ${vaelab_root:})
 from vaelab.data.files import ensure_files, load_split
 from vaelab.evaluation.metrics import dataset_log_likelihood
 from vaelab.lit.callbacks import EpochThroughput
-from vaelab.runs.train import build, setup_runtime
+from vaelab.runs.train import build, runtime_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,13 +149,13 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, n
         )
         with open_dict(cfg):
             cfg.paths.output_dir = out
-        setup_runtime(cfg)
-        datamodule, model, trainer = build(cfg)
-        trainer.fit(model, datamodule=datamodule)
-        (timer,) = [c for c in trainer.callbacks if isinstance(c, EpochThroughput)]
-        start = time.perf_counter()
-        test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-        test_seconds = time.perf_counter() - start
+        with runtime_settings(cfg):
+            datamodule, model, trainer = build(cfg)
+            trainer.fit(model, datamodule=datamodule)
+            (timer,) = [c for c in trainer.callbacks if isinstance(c, EpochThroughput)]
+            start = time.perf_counter()
+            test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+            test_seconds = time.perf_counter() - start
         x_test = datamodule.data_test[torch.arange(min(nll_images, len(datamodule.data_test)))][0]
         nll = time_nll(model.net, x_test, nll_k) if nll_images else {}
     samples = sum(r[1] for r in timer.records)

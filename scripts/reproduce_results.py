@@ -114,6 +114,7 @@ def run_experiment(name: str, epochs: int, args) -> int:
         overrides.append(f"paths.data_dir={args.data_root.resolve()}")
     overrides += args.override
     print(f"== {name}: python train.py {shlex.join(overrides)}", flush=True)
+    commit = git_commit()  # the code the run imports: edits made while it runs do not count
     load_before, start = os.getloadavg(), time.time()
     status = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT).returncode
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def run_experiment(name: str, epochs: int, args) -> int:
         "wall_seconds": round(time.time() - start, 1),
         "exit_status": status,
         "machine": machine(),
-        "commit": git_commit(),
+        "commit": commit,
         "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "script": "python scripts/reproduce_results.py " + shlex.join(sys.argv[1:]),
     }

@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab.evaluation.classifier import (
-    DigitClassifier,
-    Images,
-    classify,
-    load_or_train,
-    train_classifier,
-)
+from vaelab.evaluation.classifier import DigitClassifier, Images, classify
+from vaelab.lit.classifier import load_or_train, train_classifier
 
 TINY = {"channels": (4, 8), "num_features": 16}
 

@@ -12,7 +12,6 @@ from vaelab.science.likelihoods import (
     LIKELIHOODS,
     continuous_bernoulli_log_norm,
     get_likelihood,
-    is_binary,
 )
 
 
@@ -120,7 +119,6 @@ def test_normalization_labels():
     assert not ok and "NOT" in note
     assert not get_likelihood("gaussian").normalization(True)[0]
     assert get_likelihood("continuous_bernoulli").normalization(False)[0]
-    assert is_binary(torch.tensor([0.0, 1.0, 1.0])) and not is_binary(torch.tensor([0.5]))
 
 
 def test_kl_matches_torch_distributions(batch):

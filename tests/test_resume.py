@@ -127,7 +127,7 @@ def fit(root, log_dir, callbacks, ckpt_path=None):
         max_epochs=2,
         callbacks=[SaveOnInterrupt(log_dir / "checkpoints"), *callbacks],
         logger=CSVLogger(log_dir, name="csv", version=""),
-        enable_checkpointing=False,
+        enable_checkpointing=True,  # SaveOnInterrupt is a Checkpoint callback
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -1,14 +1,10 @@
-"""The exception types that the command-line entry points turn into short messages."""
+"""The error types of every layer; the entry points turn them into short messages
+(``vaelab.runs.cli``)."""
 
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class VaelabError(ValueError):
@@ -38,13 +34,3 @@ class TrainingInterrupted(Exception):
     def exit_code(self) -> int:
         """128 + the signal number, as a shell reports a process killed by that signal."""
         return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
-
-
-def run_or_exit(entry: Callable[..., T], *args) -> T:
-    """``entry(*args)`` for a command-line script: a ``VaelabError`` becomes one line,
-    ``error: <message>``, on stderr and exit status 2 instead of a traceback."""
-    try:
-        return entry(*args)
-    except VaelabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

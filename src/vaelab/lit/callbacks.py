@@ -195,7 +195,10 @@ class TrainingCurves(L.Callback):
 
 class EpochThroughput(L.Callback):
     """Times the training batches of each epoch (validation and figures excluded) and logs
-    ``train/samples_per_sec``. ``records`` keeps (epoch, samples, seconds) for benchmarks."""
+    ``train/samples_per_sec``. ``records`` keeps (epoch, samples, seconds) for benchmarks.
+
+    Not Lightning's ``ThroughputMonitor``: that one synchronizes CUDA after every training
+    batch to time windows of steps (a host sync per step); this one waits once per epoch."""
 
     def __init__(self) -> None:
         self.records: list[tuple[int, int, float]] = []
@@ -209,6 +212,8 @@ class EpochThroughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._samples += len(batch[0])
         if trainer.is_last_batch:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)  # the epoch's kernels, not their launch
             seconds = time.perf_counter() - self._start
             self.records.append((trainer.current_epoch, self._samples, seconds))
             pl_module.log("train/samples_per_sec", self._samples / seconds, logger=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -35,21 +35,21 @@ def signal_name(exception: BaseException) -> str | None:
     return None
 
 
-class SaveOnInterrupt(L.Callback):
-    """On SIGINT or SIGTERM during fit, saves the full training state (weights, optimizer,
-    loop progress, callback and data-order states) to ``<dirpath>/<filename>.ckpt``, so a
-    resumed run continues at the batch where this one stopped. The file is removed once a fit
-    completes.
+class SaveOnInterrupt(OnExceptionCheckpoint):
+    """Lightning's ``OnExceptionCheckpoint``, on interruptions only: on SIGINT or SIGTERM
+    during fit, saves the full training state (weights, optimizer, loop progress, callback and
+    data-order states) to ``<dirpath>/<filename>.ckpt``, so a resumed run continues at the batch
+    where this one stopped; after any other exception (a NaN loss, a bug) the weights are not
+    worth keeping. The file is removed when a fit completes (``OnExceptionCheckpoint.teardown``).
 
     The first Ctrl-C is handled like SIGTERM: training stops at the next batch boundary, where
     the saved state is consistent (a ``KeyboardInterrupt`` can strike between an optimizer step
-    and the progress counters); a second Ctrl-C stops at once. Unlike Lightning's
-    ``OnExceptionCheckpoint``, it saves on interruptions only: after any other exception (a NaN
-    loss, a bug) the weights are not worth keeping.
+    and the progress counters); a second Ctrl-C stops at once.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
-        self.path = Path(dirpath) / f"{filename}.ckpt"
+        super().__init__(str(dirpath), filename)
+        self.path = Path(self.ckpt_path)
         self.signal: str | None = None
         self.saved: Path | None = None
         self._sigint_received = False
@@ -90,14 +90,10 @@ class SaveOnInterrupt(L.Callback):
             self.signal = "SIGINT"  # turned into SIGTERM by _on_sigint
         if self.signal is not None and trainer.state.fn == TrainerFn.FITTING:
             # during test the loaded weights are the best checkpoint's, not the latest
-            trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
+            super().on_exception(trainer)  # the full training state
             self.saved = self.path
             log.info("%s received: training state saved to %s", self.signal, self.path)
         self._restore_sigint()
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.path.exists():
-            self.path.unlink()
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str | None:

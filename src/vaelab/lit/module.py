@@ -4,7 +4,6 @@ and logs exact per-image means per split."""
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 
 import lightning as L
@@ -83,14 +82,6 @@ class VAELitModule(L.LightningModule):
         # restarts from scratch after a restore, so its state is not saved)
         self.epoch_means["train_means"].persistent(True)
         self.latent_stats = LatentStats(self.net.latent_dim)
-
-    @property
-    def net_config(self) -> dict:
-        """The network as a config: ``{"_target_": net, **net_args}``."""
-        params = inspect.signature(VAELitModule.__init__).parameters.values()
-        own = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-        args = {k: v for k, v in self.hparams.items() if k not in own}
-        return {"_target_": self.hparams.net, **args}
 
     def forward(self, x: torch.Tensor):
         return self.net(x)

@@ -107,10 +107,6 @@ def write_tensorboard(
             writer.add_text("eval/nll_note", metrics["nll_note"], 0)
 
 
-def _fmt(value, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
     """(metric, value, meaning) for each headline number of an evaluation."""
     m = metrics

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vaelab.data.files import ensure_files, load_split
 from vaelab.errors import VaelabError
 from vaelab.evaluation import metrics as M
-from vaelab.evaluation.classifier import Images, cache_dirs, classify, load_or_train
+from vaelab.evaluation.classifier import Images, classify
 from vaelab.lit.callbacks import EvaluationMetrics
+from vaelab.lit.classifier import cache_dirs, load_or_train
 from vaelab.lit.module import VAELitModule
 from vaelab.runs.checkpoints import error_reason
 from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard

@@ -71,13 +71,22 @@ def interruptible(trainer: L.Trainer, run_dir: str | Path):
         ) from None
 
 
-def setup_runtime(cfg: DictConfig) -> None:
-    """Process-wide settings: warnings, denormal flushing, seeds."""
-    quiet_known_warnings()
-    if cfg.get("flush_denormal", True):
-        torch.set_flush_denormal(True)  # denormals in Adam's state slow CPU epochs by ~20 %
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+@contextmanager
+def runtime_settings(cfg: DictConfig):
+    """Process-wide settings for the run, undone when it ends: the warning filters and
+    denormal flushing; and the seeds."""
+    flush = bool(cfg.get("flush_denormal", True))
+    with warnings.catch_warnings():
+        quiet_known_warnings()
+        if flush:
+            torch.set_flush_denormal(True)  # denormals in Adam's state slow CPU epochs by ~20 %
+        try:
+            if cfg.get("seed") is not None:
+                L.seed_everything(cfg.seed, workers=True)
+            yield
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -101,7 +110,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     after saving the training state."""
     check_config(cfg)
     resume_from = checkpoint_to_resume(cfg)
-    setup_runtime(cfg)
+    with runtime_settings(cfg):
+        return fit_and_test(cfg, resume_from)
+
+
+def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
+    """``train`` once the config and the checkpoint to resume from are checked."""
     datamodule, model, trainer = build(cfg)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

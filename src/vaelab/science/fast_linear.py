@@ -30,11 +30,6 @@ def _find_onednn_linear():
 _ONEDNN_LINEAR = _find_onednn_linear()
 
 
-def onednn_available() -> bool:
-    """Whether this torch build has oneDNN's fp32 linear for the CPU."""
-    return _ONEDNN_LINEAR is not None
-
-
 def _matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None):
     """a [M, K] @ b.T [K, N] (+ bias [N]) by oneDNN, fp32: [M, N]. Strided inputs are fine."""
     return _ONEDNN_LINEAR(a, b, bias, "none", [], "")

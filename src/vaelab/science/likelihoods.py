@@ -75,7 +75,7 @@ class Bernoulli(Likelihood):
         xl = torch.bmm(logits, x.unsqueeze(-1).to(logits.dtype)).squeeze(-1)
         relu_sum = logits.clamp_min(0).sum(-1)
         group = _largest_divisor_up_to(logits.shape[-1], 100)
-        sig = logits.abs().sigmoid().view(*logits.shape[:-1], -1, group)
+        sig = logits.abs().sigmoid_().view(*logits.shape[:-1], -1, group)
         return xl - relu_sum + sig.prod(-1).log().sum(-1)
 
     def normalization(self, data_binary: bool) -> tuple[bool, str]:
@@ -142,8 +142,3 @@ def get_likelihood(name: str) -> Likelihood:
     if name not in LIKELIHOODS:
         raise VaelabError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}")
     return LIKELIHOODS[name]()
-
-
-def is_binary(x: Tensor) -> bool:
-    """True when every value of x is 0 or 1."""
-    return bool(((x == 0) | (x == 1)).all())
