@@ -13,6 +13,7 @@ from vaelab.runs.config_checks import (
     NamesFrom,
     Rule,
     accelerator_problems,
+    check_config,
     int_at_least,
     value_problems,
 )
@@ -161,3 +162,16 @@ def test_gpu_without_a_gpu_is_one_line_before_anything_is_built(tmp_path, monkey
     assert not (tmp_path / "empty").exists()
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert accelerator_problems(cfg) == []  # with a GPU the same config passes
+
+
+def test_a_variants_arguments_are_checked_with_its_base_classes(tmp_path):
+    """model=vampprior accepts VampPrior's own keys and, through its **vae_args, VAE's; a typo
+    is one line that names the variant."""
+    base = [f"paths.data_dir={tmp_path / 'empty'}", "data.download=false", "model=vampprior"]
+    check_config(compose_train([*base, "model.num_pseudo_inputs=3", "model.latent_dim=4"]))
+    with pytest.raises(VaelabError) as err:
+        train(compose_train([*base, "+model.num_pseudo=3"], tmp_path))
+    assert str(err.value).startswith(
+        "model.num_pseudo: vaelab.lit.module.VAELitModule with "
+        "net=vaelab.science.variants.vampprior.VampPrior has no argument 'num_pseudo'"
+    )

@@ -139,7 +139,11 @@ def _reuse_freed_memory(device: torch.device) -> None:
     """glibc returns each freed block above its mmap threshold (128 KB at first) to the OS, so
     every chunk's multi-MB tensors would page-fault afresh: a third more CPU time here.
     Freeing one 30 MB block raises glibc's dynamic threshold to 30 MB (once per process), so
-    that the chunks' memory is reused instead. Harmless with other allocators."""
+    that the chunks' memory is reused instead. Harmless with other allocators.
+
+    Not undone afterwards: it is the state glibc's own adaptation reaches after any large
+    free, and the only way back (``mallopt``) would pin the threshold at 128 KB and switch
+    that adaptation off, slowing whatever the process trains next (a sweep's next job)."""
     global _malloc_threshold_raised
     if device.type == "cpu" and not _malloc_threshold_raised:
         torch.empty(30 << 18)  # 30 MB of float32, freed at once

@@ -195,6 +195,22 @@ def _parameters(obj: Any) -> list[str] | None:
     return [p for p in params if p != "self"]
 
 
+def _net_parameters(cls: type) -> list[str] | None:
+    """The arguments of a VAE variant class: its own and, when its ``__init__`` passes
+    ``**kwargs`` on to ``super().__init__`` (``**vae_args``), its base classes'."""
+    names: list[str] = []
+    for owner in (c for c in cls.__mro__[:-1] if "__init__" in vars(c)):
+        try:
+            params = inspect.signature(owner.__init__).parameters
+        except (TypeError, ValueError):
+            return None
+        keyword = [n for n, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        names += [n for n in params if n not in ("self", *names, *keyword)]
+        if not keyword:
+            return names
+    return None
+
+
 def _import_problem(key: str, target: Any, err: Exception) -> str:
     reason = (str(err).splitlines() or [type(err).__name__])[0]
     return (
@@ -222,7 +238,7 @@ def argument_problems(cfg: DictConfig) -> list[str]:
         owner = target
         if params is None and isinstance(node.get("net"), str):
             try:
-                net_params = _parameters(get_object(node["net"]))
+                net_params = _net_parameters(get_object(node["net"]))
             except Exception as err:  # noqa: BLE001
                 problems.append(_import_problem(f"{prefix}net", node["net"], err))
                 continue

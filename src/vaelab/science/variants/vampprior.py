@@ -13,7 +13,6 @@ prior does not factorize over latent dimensions: ``kl_per_dimension`` is None.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,27 +23,19 @@ from vaelab.science.variants.vae import VAE
 
 
 class VampPrior(VAE):
-    """A ``VAE`` whose prior is the VampPrior with ``num_pseudo_inputs`` pseudo-inputs
-    (images [K, *input_shape], kept in [0, 1] by a hard tanh and learned with the rest;
-    initialised near a blank image, ``pseudo_input_mean`` +- ``pseudo_input_std``)."""
+    """A ``VAE`` (``vae_args``: its arguments) whose prior is the VampPrior with
+    ``num_pseudo_inputs`` pseudo-inputs (images [K, *input_shape], kept in [0, 1] by a hard
+    tanh and learned with the rest; initialised near a blank image, ``pseudo_input_mean`` +-
+    ``pseudo_input_std``)."""
 
     def __init__(
         self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        hidden_dims: Sequence[int] = (256, 256),
-        latent_dim: int = 32,
-        architecture: str = "mlp",
-        batch_norm: bool = False,
-        likelihood: str = "bernoulli",
-        onednn_linear: bool = True,
         num_pseudo_inputs: int = 500,
         pseudo_input_mean: float = 0.05,
         pseudo_input_std: float = 0.01,
+        **vae_args,
     ) -> None:
-        super().__init__(
-            input_shape, hidden_dims, latent_dim, architecture, batch_norm, likelihood,
-            onednn_linear,
-        )  # fmt: skip
+        super().__init__(**vae_args)
         if num_pseudo_inputs < 1:
             raise VaelabError(
                 f"model.num_pseudo_inputs={num_pseudo_inputs} must be an integer >= 1"
