@@ -25,8 +25,8 @@ from vaelab.errors import VaelabError
 from vaelab.lit.fault_tolerance import SaveOnInterrupt
 from vaelab.lit.loggers import CSVLogger
 from vaelab.lit.module import VAELitModule
+from vaelab.runs.cli import quiet_known_warnings
 from vaelab.runs.resume import resume_argv, resume_command
-from vaelab.runs.train import quiet_known_warnings
 
 # ----- the command line of a resumed run -------------------------------------------------
 

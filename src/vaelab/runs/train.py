@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.errors import TrainingInterrupted
 from vaelab.lit.fault_tolerance import SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
+from vaelab.runs.cli import quiet_known_warnings
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
 from vaelab.runs.report import print_summary
@@ -37,22 +38,6 @@ def instantiate_group(group: DictConfig | None) -> list:
         for conf in group.values()
         if isinstance(conf, DictConfig) and "_target_" in conf
     ]
-
-
-def quiet_known_warnings() -> None:
-    """Silence Lightning's advice that does not apply to in-memory batches, to epoch means
-    that torchmetrics already reduces over DDP ranks or to a resumed epoch (the data module
-    restores its position itself), and its deprecation notice about torch 2.13's pytree API
-    (not ours to fix)."""
-    for pattern in (
-        ".*does not have many workers.*",
-        ".*`num_workers`.*",
-        ".*Trying to infer the `batch_size`.*",
-        r".*isinstance\(treespec, LeafSpec\).*",
-        ".*when logging on epoch level in distributed setting.*",
-        ".*your dataloader is not resumable.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
 
 
 @contextmanager
