@@ -1,5 +1,6 @@
 """The real ``tensorboard`` server shows a run's scalars and images through its HTTP API."""
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -7,9 +8,12 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 
 import pytest
+from conftest import run_script, synthetic_overrides
 from PIL import Image
 
 SCALAR_PREFIXES = ("train/", "val/", "test/")
@@ -28,16 +32,25 @@ def get(base: str, path: str, **params) -> bytes:
         return response.read()
 
 
-@pytest.fixture
-def tensorboard(trained_run):
-    """A tensorboard server on 127.0.0.1 over the run; yields its base URL; always stopped."""
+def post(base: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def serve(logdir: Path, ready: Callable[[str], bool]):
+    """A tensorboard server on 127.0.0.1 over ``logdir``, once ``ready(base_url)``; yields its
+    base URL; always stopped."""
     port = free_port()
     command = [
         sys.executable,
         "-m",
         "tensorboard.main",
         "--logdir",
-        str(trained_run),
+        str(logdir),
         "--host",
         "127.0.0.1",
         "--port",
@@ -53,13 +66,12 @@ def tensorboard(trained_run):
         deadline = time.monotonic() + 60
         while True:
             try:
-                tags = json.loads(get(base, "/data/plugin/images/tags"))
-                if any(set(t) >= IMAGE_TAGS for t in tags.values()):
+                if ready(base):
                     break
             except OSError:
                 pass
             assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "tensorboard did not load the run in 60 s"
+            assert time.monotonic() < deadline, "tensorboard did not load the runs in 60 s"
             time.sleep(0.5)
         yield base
     finally:
@@ -68,6 +80,18 @@ def tensorboard(trained_run):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture
+def tensorboard(trained_run):
+    """A tensorboard server over the run, once its images are loaded."""
+
+    def images_loaded(base: str) -> bool:
+        tags = json.loads(get(base, "/data/plugin/images/tags"))
+        return any(set(t) >= IMAGE_TAGS for t in tags.values())
+
+    with serve(trained_run, images_loaded) as base:
+        yield base
 
 
 @pytest.mark.slow
@@ -93,3 +117,55 @@ def test_tensorboard_serves_the_runs_scalars_and_images(tensorboard):
         assert image.format == "PNG"
         image.load()
         assert min(image.size) > 28
+
+
+SESSION_REQUEST = {
+    "experimentName": "",
+    "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+    "colParams": [],
+    "startIndex": 0,
+    "sliceSize": 100,
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(synthetic_root, tmp_path_factory) -> Path:
+    """A 2-job sweep over the latent size, one epoch each, on the synthetic data."""
+    sweep = tmp_path_factory.mktemp("tb-sweep") / "sweep"
+    result = run_script(
+        "train.py",
+        ["-m", "model.latent_dim=2,4", f"hydra.sweep.dir={sweep}", "trainer.max_epochs=1"]
+        + synthetic_overrides(synthetic_root, sweep.parent / "logs"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"tensorboard --logdir {sweep / 'tensorboard'}" in result.stdout
+    return sweep
+
+
+@pytest.mark.slow
+def test_a_sweeps_runs_are_named_by_their_values_with_hparams_and_metrics(sweep_dir):
+    def both_sessions(base: str) -> bool:
+        groups = post(base, "/data/plugin/hparams/session_groups", SESSION_REQUEST)
+        return len(groups.get("sessionGroups", [])) == 2
+
+    with serve(sweep_dir / "tensorboard", both_sessions) as base:
+        runs = json.loads(get(base, "/data/runs"))
+        assert set(runs) == {"latent_dim=2", "latent_dim=4"}
+        groups = post(base, "/data/plugin/hparams/session_groups", SESSION_REQUEST)
+        by_name = {g["name"]: g for g in groups["sessionGroups"]}
+        assert set(by_name) == {"latent_dim=2", "latent_dim=4"}
+        for latent in (2, 4):
+            group = by_name[f"latent_dim={latent}"]
+            assert group["hparams"]["model.latent_dim"] == latent  # a number, not text
+            assert group["hparams"]["model"] == "vae"
+            metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+            job = next(
+                d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()
+                and f"model.latent_dim={latent}" in (d / ".hydra" / "overrides.yaml").read_text()
+            )  # fmt: skip
+            saved = json.loads((job / "metrics.json").read_text())
+            assert metrics["test/loss"] == pytest.approx(saved["test/loss"], rel=1e-6)
+            assert metrics["val/loss_best"] == pytest.approx(saved["val/loss"], rel=1e-6)
+            assert {"test/recon", "test/kl", "test/nll", "test/active_units"} <= set(metrics)
+        tags = json.loads(get(base, "/data/plugin/scalars/tags"))
+        assert all({"train/loss", "val/loss"} <= set(run_tags) for run_tags in tags.values())

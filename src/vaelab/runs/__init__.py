@@ -2,11 +2,14 @@
 run infrastructure (config checks, checkpoints and resume, DDP in sweeps, sweep summaries,
 terminal reports).
 
-Importing it registers the ``${vaelab_root:}`` resolver that ``configs/paths`` uses."""
+Importing it registers the resolvers the configs use: ``${vaelab_root:}`` (``configs/paths``)
+and ``${vaelab_tensorboard_dir:<run dir>}`` (``configs/logger``)."""
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from vaelab.runs.tensorboard import tensorboard_dir
 
 
 def project_root() -> str:
@@ -20,3 +23,5 @@ def project_root() -> str:
 
 if not OmegaConf.has_resolver("vaelab_root"):
     OmegaConf.register_new_resolver("vaelab_root", project_root)
+if not OmegaConf.has_resolver("vaelab_tensorboard_dir"):
+    OmegaConf.register_new_resolver("vaelab_tensorboard_dir", tensorboard_dir)

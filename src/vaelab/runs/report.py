@@ -43,7 +43,7 @@ def summary_table(metrics: dict) -> Table:
     return table
 
 
-def output_lines(metrics: dict, run_dir: Path) -> list[str]:
+def output_lines(metrics: dict, run_dir: Path, tensorboard: Path | None = None) -> list[str]:
     """Where the run's outputs are, one 'name: path' line each, never shortened."""
     lines = [f"run dir:         {run_dir}"]
     if metrics.get("best_checkpoint"):
@@ -53,13 +53,13 @@ def output_lines(metrics: dict, run_dir: Path) -> list[str]:
     if (run_dir / "figures").is_dir():
         lines.append(f"figures:         {run_dir / 'figures'}")
     lines.append(f"metrics:         {run_dir / 'metrics.json'}")
-    if (run_dir / "tensorboard").is_dir():
-        lines.append(f"TensorBoard:     tensorboard --logdir {run_dir / 'tensorboard'}")
+    if tensorboard is not None:
+        lines.append(f"TensorBoard:     tensorboard --logdir {tensorboard}")
     return lines
 
 
-def print_summary(metrics: dict, run_dir: Path) -> None:
+def print_summary(metrics: dict, run_dir: Path, tensorboard: Path | None = None) -> None:
     console = Console(soft_wrap=True, highlight=False)
     console.print(summary_table(metrics))
-    for line in output_lines(metrics, run_dir):
+    for line in output_lines(metrics, run_dir, tensorboard):
         console.print(line, markup=False)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import TrainingInterrupted
@@ -24,6 +25,7 @@ from vaelab.runs.cli import quiet_known_warnings
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
 from vaelab.runs.report import print_summary
+from vaelab.runs.tensorboard import log_run_hparams
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +145,19 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
     if resume_from is not None:
         metrics["resumed_from"] = str(resume_from)  # fit_seconds counts this process only
     if trainer.is_global_zero:  # one writer under DDP; every rank returns the same metrics
+        log_run_hparams(trainer, cfg, metrics)
         write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-        print_summary(metrics, Path(cfg.paths.output_dir))
+        print_summary(metrics, Path(cfg.paths.output_dir), tensorboard_dir(trainer))
     return metrics
+
+
+def tensorboard_dir(trainer: L.Trainer) -> Path | None:
+    """The folder to open TensorBoard on: the run's events, or for a job of a sweep the
+    sweep's ``tensorboard/`` folder, where its jobs sit side by side."""
+    dirs = [Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if not dirs:
+        return None
+    return dirs[0].parent if dirs[0].parent.name == "tensorboard" else dirs[0]
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
