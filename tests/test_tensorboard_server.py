@@ -119,6 +119,41 @@ def test_tensorboard_serves_the_runs_scalars_and_images(tensorboard):
         assert min(image.size) > 28
 
 
+@pytest.mark.slow
+def test_the_projector_lists_the_posterior_means_with_digits_and_sprite(tensorboard):
+    runs = json.loads(get(tensorboard, "/data/plugin/projector/runs"))
+    assert runs
+    info = json.loads(get(tensorboard, "/data/plugin/projector/info", run=runs[0]))
+    (embedding,) = info["embeddings"]
+    assert embedding["tensorName"].startswith("val/posterior_means")
+    assert embedding["tensorShape"] == [100, 32]  # the 100 validation images, latent 32
+    assert embedding["metadataPath"] and embedding["sprite"]["singleImageDim"] == [28, 28]
+    digits = get(
+        tensorboard, "/data/plugin/projector/metadata", run=runs[0], name=embedding["tensorName"]
+    ).decode()
+    assert len(digits.split()) == 100 and set(digits.split()) <= set("0123456789")
+    sprite = get(
+        tensorboard, "/data/plugin/projector/sprite_image", run=runs[0],
+        name=embedding["tensorName"],
+    )  # fmt: skip
+    with Image.open(BytesIO(sprite)) as image:
+        assert image.format == "PNG" and image.size[0] >= 28 * 10
+
+
+def test_the_scalars_page_opens_on_the_losses(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "epoch" not in tags["scalars"]  # no staircase chart first
+    assert not [t for t in tags["scalars"] if t.count("/") > 1]  # nothing per dimension
+    assert {"val/kl_per_dim", "val/active_unit_variance"} <= set(tags["histograms"])
+    assert len(events.Histograms("val/kl_per_dim")) == 2  # one per epoch
+    layout = events.Tensors("custom_scalars__config__")  # the CUSTOM SCALARS layout
+    assert layout and b"train/loss" in layout[0].tensor_proto.SerializeToString()
+
+
 SESSION_REQUEST = {
     "experimentName": "",
     "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],

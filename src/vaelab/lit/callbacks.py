@@ -51,7 +51,13 @@ class VAEFigures(L.Callback):
     originals above reconstructions), ``val/samples`` (a fixed z, so epochs compare),
     ``val/interpolation`` (between two test images of different digits) and
     ``val/latent_space`` (mu of the validation set coloured by digit, PCA when latent_dim > 2).
-    At the end of fit, writes the same as PNGs into ``figure_dir``."""
+    At the end of fit, writes the same as PNGs into ``figure_dir``.
+
+    The projector: at the end of fit, and every ``projector_every_n_epochs`` epochs when > 0,
+    the posterior means of the first ``projector_points`` validation images go to
+    TensorBoard's embedding projector (``val/posterior_means``) with the digit as metadata and
+    the images as a sprite, to explore in 3-d PCA, t-SNE or UMAP; a latent space of fewer than
+    3 dimensions is padded with zeros to 3. ``projector_points=0`` writes none."""
 
     def __init__(
         self,
@@ -60,6 +66,8 @@ class VAEFigures(L.Callback):
         num_samples: int = 64,
         interpolation_steps: int = 10,
         max_latent_points: int = 5000,
+        projector_points: int = 2000,
+        projector_every_n_epochs: int = 0,
         seed: int = 0,
     ) -> None:
         self.figure_dir = Path(figure_dir) if figure_dir else None
@@ -67,6 +75,8 @@ class VAEFigures(L.Callback):
         self.num_samples = num_samples
         self.interpolation_steps = interpolation_steps
         self.max_latent_points = max_latent_points
+        self.projector_points = projector_points
+        self.projector_every_n_epochs = projector_every_n_epochs
         self.seed = seed
         self._fixed: dict[str, torch.Tensor] | None = None
 
@@ -126,10 +136,60 @@ class VAEFigures(L.Callback):
                 "val/latent_space", self._latent_figure(out, pl_module, epoch), global_step=epoch
             )
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.figure_dir is None or not trainer.is_global_zero or _val_loader(trainer) is None:
+    @torch.no_grad()
+    def write_projector(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int):
+        """The posterior means of the first ``projector_points`` validation images, their
+        digits and their images, to each TensorBoard's projector, after ``epochs`` epochs."""
+        loader, writers = _val_loader(trainer), _tensorboards(trainer)
+        if not self.projector_points or loader is None or not writers:
             return
-        if trainer.val_dataloaders is None:  # a resumed run that had no epoch left to train
+        images, labels, seen = [], [], 0
+        for x, y in loader:
+            images.append(x[: self.projector_points - seen].cpu())
+            labels.append(y[: self.projector_points - seen].cpu())
+            seen += len(images[-1])
+            if seen >= self.projector_points:
+                break
+        x, y = torch.cat(images), torch.cat(labels)
+        was_training = pl_module.training
+        pl_module.eval()
+        mu = torch.cat(
+            [pl_module.net.encode(b.to(pl_module.device))[0].cpu() for b in x.split(1000)]
+        )
+        pl_module.train(was_training)
+        mu = torch.nn.functional.pad(mu.float(), (0, max(0, 3 - mu.shape[1])))
+        for writer in writers:
+            writer.add_embedding(
+                mu, metadata=y.tolist(), label_img=x.float(), global_step=epochs,
+                tag="val/posterior_means",
+            )  # fmt: skip
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The epoch's latent statistics per dimension, one histogram each (not a scalar per
+        dimension): ``val/kl_per_dim`` (when the prior factorizes) and
+        ``val/active_unit_variance``. Here because the module computes them after the
+        callbacks' validation-end hooks."""
+        every = self.projector_every_n_epochs
+        if trainer.is_global_zero and every > 0 and (trainer.current_epoch + 1) % every == 0:
+            self.write_projector(trainer, pl_module, trainer.current_epoch + 1)
+        stats = getattr(pl_module, "val_latent_stats", None)
+        if not trainer.is_global_zero or not stats or stats["epoch"] != trainer.current_epoch:
+            return
+        for writer in _tensorboards(trainer):
+            for name, key in (
+                ("kl_per_dim", "kl_per_dim"),
+                ("active_unit_variance", "mu_variance"),
+            ):
+                if key in stats:
+                    writer.add_histogram(f"val/{name}", stats[key], global_step=stats["epoch"])
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.val_dataloaders is None:
+            return  # (None: a resumed run that had no epoch left to train)
+        every = self.projector_every_n_epochs
+        if not (every > 0 and trainer.current_epoch % every == 0):  # not written just now
+            self.write_projector(trainer, pl_module, trainer.current_epoch)
+        if self.figure_dir is None:
             return
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         pl_module.eval()
@@ -231,10 +291,10 @@ class EvaluationMetrics(L.Callback):
 
     Logged like the module's metrics: ``test/active_units`` and, with the NLL, ``test/nll``
     (nats per image), ``test/nll_k`` and ``test/nll_normalized`` (whether the likelihood is a
-    normalized density of the test pixels). The per-dimension values go to the loggers as
-    ``test/kl_dim/<d>`` and ``test/active_unit_variance/<d>`` and, as lists, to
-    ``test_metrics`` (train.py adds them to metrics.json); a bar chart of the KL per dimension
-    goes to TensorBoard. ``results`` holds everything computed, as plain numbers and lists.
+    normalized density of the test pixels). The per-dimension values go to TensorBoard as a
+    bar chart (``test/kl_per_dim``) and a histogram (``test/active_unit_variance``) and, as
+    lists, to ``test_metrics`` (train.py adds them to metrics.json). ``results`` holds
+    everything computed, as plain numbers and lists.
     """
 
     def __init__(
@@ -327,16 +387,10 @@ class EvaluationMetrics(L.Callback):
         # vectors: to the loggers and metrics.json, not to the printed table of test results
         vectors = ("test/kl_per_dim", "test/active_unit_variance")
         self.test_metrics = {k: results[k] for k in vectors if k in results}
-        per_dim = {"test/kl_dim": "test/kl_per_dim", "test/active_unit_variance": vectors[1]}
-        for logger in trainer.loggers:
-            logger.log_metrics(
-                {
-                    f"{name}/{d}": float(v)
-                    for name, key in per_dim.items()
-                    for d, v in enumerate(results.get(key, ()))
-                },
-                step=trainer.global_step,
-            )
+        for writer in _tensorboards(trainer) if trainer.is_global_zero else []:
+            # one histogram, not a scalar per dimension (the KL per dimension: a bar chart below)
+            variances = torch.tensor(results["test/active_unit_variance"])
+            writer.add_histogram(vectors[1], variances, global_step=trainer.global_step)
         if trainer.is_global_zero and "test/kl_per_dim" in results:
             kl = results["test/kl_per_dim"]
             fig = bar_figure(

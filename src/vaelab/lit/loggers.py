@@ -1,10 +1,12 @@
-"""Lightning's CSV logger, made safe for resumed runs."""
+"""Lightning's loggers, adjusted: a CSV logger safe for resumed runs, and a TensorBoard logger
+whose Scalars page opens on the losses."""
 
 from __future__ import annotations
 
 import csv
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -28,3 +30,31 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """``lightning.pytorch.loggers.TensorBoardLogger`` without the ``epoch`` scalar Lightning
+    adds to every logged dict: a staircase chart that opened the Scalars page (the epochs are
+    the x axis of every per-epoch chart already), and a custom-scalars layout (the CUSTOM
+    SCALARS tab) with train and val of each ELBO term on one chart."""
+
+    LAYOUT = {
+        "ELBO terms, train and val (nats per image)": {
+            term: ["Multiline", [f"train/{term}", f"val/{term}"]]
+            for term in ("loss", "recon", "kl")
+        }
+    }
+
+    def log_metrics(self, metrics, step=None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if metrics:
+            super().log_metrics(metrics, step)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        first = self._experiment is None
+        experiment = super().experiment
+        if first:
+            experiment.add_custom_scalars(self.LAYOUT)
+        return experiment

@@ -45,8 +45,8 @@ class VAELitModule(L.LightningModule):
     Logs ``{split}/loss``, ``{split}/recon`` and ``{split}/kl`` (nats per image) once per epoch:
     the mean over every image of the split, whatever the batch sizes; ``loss`` is always
     recon + beta * kl with the configured ``beta``, so runs compare whatever the objective.
-    Validation also logs ``val/active_units`` (and the KL per latent dimension, as
-    ``val/kl_dim/<j>``, when the prior factorizes); training logs the current KL weight as
+    Validation also logs ``val/active_units`` and keeps the per-dimension statistics
+    (``LatentStats``) in ``val_latent_stats``; training logs the current KL weight as
     ``train_step/beta``.
 
     Objectives, for every variant: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or
@@ -174,8 +174,9 @@ class VAELitModule(L.LightningModule):
         if self.latent_stats.update_count:
             stats = self.latent_stats.compute()
             self.log("val/active_units", stats["active_units"])
-            for j, value in enumerate(stats.get("kl_per_dim", ())):
-                self.log(f"val/kl_dim/{j}", value)
+            # per dimension: for callbacks to show as one histogram, not a scalar per dimension
+            self.val_latent_stats = {k: v.detach().cpu() for k, v in stats.items()}
+            self.val_latent_stats["epoch"] = self.current_epoch
         self.latent_stats.reset()
 
     def on_test_epoch_end(self) -> None:

@@ -136,7 +136,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
         {
             f"{k}_last": v
             for k, v in fit_metrics.items()
-            if k.startswith(("val/", "train/")) and k.count("/") == 1  # not val/kl_dim/<j>
+            if k.startswith(("val/", "train/")) and k.count("/") == 1
         }
     )
     metrics.update(
