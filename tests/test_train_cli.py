@@ -41,7 +41,10 @@ def test_images_are_logged_every_epoch(run_dir):
     ]
     acc = EventAccumulator(str(events), size_guidance={"images": 0})
     acc.Reload()
-    assert [e.step for e in acc.Images("val/samples")] == [0, 1]
+    assert [e.step for e in acc.Images("val/samples")] == [
+        1,
+        2,
+    ]  # epochs done, as in the PNG titles
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -56,6 +59,7 @@ def test_metrics_json_is_complete_and_finite(run_dir):
     for key in ("test/loss", "test/recon", "test/kl", "val/loss", "fit_seconds"):
         assert math.isfinite(metrics[key]), key
     assert metrics["epochs"] == 2
+    assert metrics["test/nll_images"] == 200  # all 200 synthetic test images (under 1000)
     assert metrics["train/samples_per_sec_last"] > 0  # EpochThroughput, logged each epoch
     assert metrics["test/loss"] == pytest.approx(
         metrics["test/recon"] + metrics["test/kl"], rel=1e-5

@@ -45,7 +45,8 @@ def vampprior_run(synthetic_root, tmp_path_factory) -> Path:
         "train.py",
         synthetic_overrides(synthetic_root, log_dir)
         + ["model=vampprior", "model.num_pseudo_inputs=10", "model.hidden_dims=[32]"]
-        + ["model.latent_dim=3", "trainer.max_epochs=1", "callbacks.test_metrics.nll_k=4"],
+        + ["model.latent_dim=3", "trainer.max_epochs=1", "callbacks.test_metrics.nll_k=4"]
+        + ["callbacks.test_metrics.nll_images=50"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return only_dir(log_dir / "train" / "runs")
@@ -55,6 +56,7 @@ def vampprior_run(synthetic_root, tmp_path_factory) -> Path:
 def test_vampprior_trains_evaluates_and_samples(vampprior_run, synthetic_root, tmp_path):
     metrics = json.loads((vampprior_run / "metrics.json").read_text())
     assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["test/nll"])
+    assert metrics["test/nll_images"] == 50  # the end-of-training estimate's images
     assert "test/kl_per_dim" not in metrics  # the mixture prior does not factorize
     assert len(metrics["test/active_unit_variance"]) == 3
     ckpt = vampprior_run / "checkpoints" / "last.ckpt"

@@ -47,7 +47,8 @@ def _tensorboards(trainer: L.Trainer):
 
 
 class VAEFigures(L.Callback):
-    """Every validation epoch, logs to TensorBoard ``val/reconstructions`` (a fixed batch,
+    """Every validation epoch, logs to TensorBoard (at step = epochs done, counted from 1, as
+    in the PNGs' titles and ``training_curves.png``) ``val/reconstructions`` (a fixed batch,
     originals above reconstructions), ``val/samples`` (a fixed z, so epochs compare),
     ``val/interpolation`` (between two test images of different digits) and
     ``val/latent_space`` (mu of the validation set coloured by digit, PCA when latent_dim > 2).
@@ -116,7 +117,7 @@ class VAEFigures(L.Callback):
         }
 
     def _latent_figure(self, out: dict, pl_module: L.LightningModule, epoch: int):
-        how = "latent dims 1-2" if pl_module.net.latent_dim <= 2 else "PCA of mu"
+        how = "latent dims 0-1" if pl_module.net.latent_dim <= 2 else "PCA of mu"
         return latent_space_figure(
             out["latent_points"], out["latent_labels"], f"Latent space ({how}), epoch {epoch}"
         )
@@ -128,7 +129,7 @@ class VAEFigures(L.Callback):
         if not writers:
             return
         out = self.render(trainer, pl_module)
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # epochs done: the step of every per-epoch figure
         for writer in writers:
             for name in ("reconstructions", "samples", "interpolation"):
                 writer.add_image(f"val/{name}", out[name], global_step=epoch)
@@ -181,7 +182,7 @@ class VAEFigures(L.Callback):
                 ("active_unit_variance", "mu_variance"),
             ):
                 if key in stats:
-                    writer.add_histogram(f"val/{name}", stats[key], global_step=stats["epoch"])
+                    writer.add_histogram(f"val/{name}", stats[key], global_step=stats["epoch"] + 1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.val_dataloaders is None:
@@ -285,8 +286,10 @@ class EvaluationMetrics(L.Callback):
 
     Every test stage: active units and the KL per latent dimension (``LatentStats``) and, when
     ``nll_k`` > 0, -log p(x) importance sampled with ``nll_k`` samples per image
-    (``NegativeLogLikelihood``). With ``elbo_samples`` > 0 also the ELBO's terms averaged over
-    that many z per image and the reconstruction loss per digit (what eval.py reports).
+    (``NegativeLogLikelihood``), over the first ``nll_images`` test images (all: None; the
+    end of training estimates it on 1000 to keep the test stage to seconds). With
+    ``elbo_samples`` > 0 also the ELBO's terms averaged over that many z per image and the
+    reconstruction loss per digit (what eval.py reports).
     ``max_images`` limits the test images used (the first ones).
 
     Logged like the module's metrics: ``test/active_units`` and, with the NLL, ``test/nll``
@@ -303,6 +306,7 @@ class EvaluationMetrics(L.Callback):
         max_rows: int = 4096,
         nll_batch_size: int = 100,
         nll_workers: int | None = None,
+        nll_images: int | None = None,
         elbo_samples: int = 0,
         active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD,
         max_images: int | None = None,
@@ -312,6 +316,7 @@ class EvaluationMetrics(L.Callback):
         self.max_rows = max_rows
         self.nll_batch_size = nll_batch_size
         self.nll_workers = nll_workers
+        self.nll_images = nll_images
         self.elbo_samples = elbo_samples
         self.threshold = active_unit_threshold
         self.max_images = max_images
@@ -338,7 +343,7 @@ class EvaluationMetrics(L.Callback):
             x, y = x[: self.max_images - self._seen], y[: self.max_images - self._seen]
             if not len(x):
                 return
-        self._seen += len(x)
+        before, self._seen = self._seen, self._seen + len(x)
         net = pl_module.net
         mu, logvar = net.encode(x)
         self._latent.update(mu, net.kl_per_dimension(mu, logvar))
@@ -347,9 +352,10 @@ class EvaluationMetrics(L.Callback):
             terms = elbo_terms_averaged(net, x, self.elbo_samples, beta, self._generator)
             self._elbo.update(torch.stack(terms))
             self._per_class.update(terms.recon, y)
-        if self.nll_k > 0:
+        nll_x = x if self.nll_images is None else x[: max(0, self.nll_images - before)]
+        if self.nll_k > 0 and len(nll_x):
             seed = (self.seed * 7919 + batch_idx) * 131 + trainer.global_rank
-            self._nll.update(net, x, seed)
+            self._nll.update(net, nll_x, seed)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._latent.update_count:
@@ -370,18 +376,20 @@ class EvaluationMetrics(L.Callback):
             results["elbo_samples"] = self.elbo_samples
             results["test/recon_per_class"] = self._per_class.compute().tolist()
         pl_module.log("test/active_units", stats["active_units"])
-        if self.nll_k > 0:
+        if self.nll_k > 0 and self._nll.count > 0:
             nll, binary = self._nll.compute()
             normalized, note = pl_module.net.likelihood.normalization(binary)
             results |= {
                 "test/nll": float(nll),
                 "nll_k": self.nll_k,
+                "nll_images": int(self._nll.count),
                 "data_binary": binary,
                 "nll_normalized": normalized,
                 "nll_note": note,
             }
             pl_module.log("test/nll", nll)
             pl_module.log("test/nll_k", float(self.nll_k))
+            pl_module.log("test/nll_images", self._nll.count.float())
             pl_module.log("test/nll_normalized", float(normalized))
         self.results = results
         # vectors: to the loggers and metrics.json, not to the printed table of test results
