@@ -1,6 +1,11 @@
 """Capture a TensorBoard page of a run to a PNG with headless Chromium.
 
     python scripts/tensorboard_screenshot.py logs/train/runs/<ts> --out docs/images/tensorboard.png
+    python scripts/tensorboard_screenshot.py <sweep dir> --page hparams --out hparams.png
+    python scripts/tensorboard_screenshot.py <sweep dir>/tensorboard/<job> --page projector
+
+``--page`` is the dashboard: images (default), scalars, custom_scalars, hparams (its table
+view), projector (drawn with software WebGL; give it ``--wait-ms 30000``).
 
 Starts ``tensorboard`` on 127.0.0.1 at a free port over the run, waits until the run's images
 are loaded, and has Chromium (Debian's ``chromium`` package: ``apt-get install chromium``)
@@ -30,6 +35,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    "--enable-unsafe-swiftshader",  # WebGL in software: the projector draws with it
 ]
 
 

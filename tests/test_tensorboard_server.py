@@ -185,7 +185,14 @@ def test_a_sweeps_runs_are_named_by_their_values_with_hparams_and_metrics(sweep_
 
     with serve(sweep_dir / "tensorboard", both_sessions) as base:
         runs = json.loads(get(base, "/data/runs"))
-        assert set(runs) == {"latent_dim=2", "latent_dim=4"}
+        assert set(runs) - {"."} == {"latent_dim=2", "latent_dim=4"}  # ".": the experiment
+        experiment = post(base, "/data/plugin/hparams/experiment", {"experimentName": ""})
+        first = experiment["hparamInfos"][0]  # HPARAMS shows the differing columns first
+        assert first["name"] == "model.latent_dim" and first["differs"]
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == [
+            "val/loss_best",
+            "test/loss",
+        ]
         groups = post(base, "/data/plugin/hparams/session_groups", SESSION_REQUEST)
         by_name = {g["name"]: g for g in groups["sessionGroups"]}
         assert set(by_name) == {"latent_dim=2", "latent_dim=4"}

@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vaelab.evaluation.plotting import save_figure, sweep_figure
+from vaelab.runs.tensorboard import write_sweep_experiment
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
+        if rows:
+            write_sweep_experiment(sweep_dir, swept_params(rows))
         failed = [r for r in rows if r["status"] == "failed"]
         _last_failures[:] = (
             [f"{len(failed)} of {len(rows)} jobs failed, see {sweep_dir / 'summary.md'}"]

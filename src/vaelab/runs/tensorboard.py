@@ -129,3 +129,32 @@ def log_run_hparams(trainer, cfg: DictConfig, metrics: dict) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final, step=trainer.global_step)
+
+
+def write_sweep_experiment(sweep_dir: Path, swept: list[str]) -> None:
+    """The HParams experiment of a finished sweep, in ``<sweep dir>/tensorboard``: its columns
+    (the swept keys marked as differing, which HPARAMS sorts first and shows by default, then
+    the main settings) and the final figures, with their types from the first job's config."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    events = sweep_dir / "tensorboard"
+    configs = sorted(sweep_dir.glob("*/.hydra/config.yaml"))
+    if not events.is_dir() or not configs:
+        return
+    cfg = OmegaConf.load(configs[0])
+    choices = OmegaConf.load(configs[0].parent / "hydra.yaml").hydra.runtime.choices
+    values = {g: c for g, c in choices.items() if g in HPARAM_GROUPS and c}
+    for key in [*swept, *HPARAM_KEYS]:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None:
+            values[key] = _typed(value)
+    experiment, _, _ = hparams(values, dict.fromkeys(HPARAM_METRICS.values(), 0.0))
+    content = experiment.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(content.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in swept
+    content.content = data.SerializeToString()
+    with SummaryWriter(str(events)) as writer:
+        writer._get_file_writer().add_summary(experiment)
