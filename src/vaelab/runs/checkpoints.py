@@ -107,8 +107,10 @@ def run_dir_of(checkpoint: str | Path) -> Path | None:
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
-    """The most recently written ``.ckpt`` of ``<run_dir>/checkpoints`` (after an
-    interruption, the one saved at the interruption; else ``last.ckpt``)."""
+    """The most recently written ``.ckpt`` of ``<run_dir>/checkpoints`` that loads (after an
+    interruption, the one saved at the interruption; else ``last.ckpt``). One that does not
+    load (a truncated file) is reported in one line and left in place, and the next newest is
+    taken; only when none loads does it stop, with one line."""
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise VaelabError(
@@ -123,7 +125,18 @@ def last_checkpoint(run_dir: str | Path) -> Path:
             f"resume={run_dir}: the run has no checkpoints in {run_dir / CHECKPOINT_DIR} "
             "(it stopped before its first epoch ended, or ran with callbacks=none); start it again"
         )
-    return candidates[-1]
+    for path in reversed(candidates):
+        try:
+            read_checkpoint(path, "resume")
+        except VaelabError as err:
+            reason = str(err).split(": ", 1)[-1].split("; ")[0]
+            log.warning("resume: %s does not load (%s); taking the next newest", path, reason)
+            continue
+        return path
+    raise VaelabError(
+        f"resume={run_dir}: none of its {len(candidates)} checkpoints loads (each reported "
+        "above); start the run again"
+    )
 
 
 def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
