@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 from conftest import compose_train, run_script, synthetic_overrides
 from hydra.utils import instantiate
 
+from vaelab.errors import StorageError
 from vaelab.lit.checkpoint_io import AtomicCheckpointIO
 
 
-def test_a_crash_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+def test_a_failure_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
 
-    def dies_half_way(obj, file, *args, **kwargs):
-        file.write(b"\x80\x02 half a checkpoint")
-        raise OSError(28, "No space left on device")
+    def disk_full(fd):  # the bytes are in the temporary file; the disk is full at the flush
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", dies_half_way)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(StorageError) as err:
         io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()
+    assert str(err.value).startswith(
+        f"cannot write a checkpoint to {path}: no space left on the device (it needed 0.0"
+    )
+    assert "\n" not in str(err.value)
     assert io.load_checkpoint(path)["step"] == 1  # the old file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
     io.save_checkpoint({"step": 3}, path)
@@ -69,3 +76,40 @@ def test_resume_with_no_loadable_checkpoint_is_one_line(tmp_path):
         f"error: resume={run_dir}: none of its 1 checkpoints loads (each reported above); "
         "start the run again"
     )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 12 MB file system (tmpfs) at ``tmp_path / "disk"``: mounted when the tests run
+    as root, as CI does."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_with_one_line_and_loadable_checkpoints(
+    synthetic_root, small_disk
+):
+    """Two 6.7 MB checkpoints (best and last) do not fit on 12 MB."""
+    result = run_script(
+        "train.py",
+        [*synthetic_overrides(synthetic_root, small_disk), "callbacks.figures=null", "logger=[]"],
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device (it needed 6.7 MB, " in errors[0]
+    (run_dir,) = (small_disk / "train" / "runs").iterdir()
+    saved = list((run_dir / "checkpoints").iterdir())
+    assert saved and all(p.suffix == ".ckpt" for p in saved)  # no temporary file left
+    for path in saved:
+        assert "state_dict" in torch.load(path, weights_only=True)

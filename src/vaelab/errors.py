@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -34,3 +37,42 @@ class TrainingInterrupted(Exception):
     def exit_code(self) -> int:
         """128 + the signal number, as a shell reports a process killed by that signal."""
         return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
+class StorageError(VaelabError):
+    """A file could not be written (a full disk, a read-only file system, no permission); the
+    message names the file, what was being written and the space it needed."""
+
+
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+@contextmanager
+def writing(path: str | Path, what: str, size: int | None = None):
+    """Around a write of ``what`` to ``path`` (``size`` bytes, when known): a storage fault
+    (``STORAGE_ERRNOS``) becomes a one-line ``StorageError``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(err, path, what, size) from None
+
+
+def storage_error(err: OSError, path: str | Path, what: str, size: int | None = None):
+    """``err``, a storage fault, as a one-line ``StorageError``: which file, what was being
+    written, the space it needed and what is free."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    needed = f"it needed {size / 1e6:.1f} MB, " if size is not None else ""
+    return StorageError(
+        f"cannot write {what} to {path}: {STORAGE_ERRNOS[err.errno]} ({needed}"
+        f"{free / 1e6:.1f} MB free there); free space or write elsewhere (paths.log_dir=...)"
+    )

@@ -13,6 +13,8 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from vaelab.errors import writing  # noqa: E402
+
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """[N, C, H, W] in [0, 1] -> one [C, H', W'] image with ``nrow`` images per row.
@@ -72,8 +74,13 @@ def training_curves_figure(history: Sequence[Mapping[str, float]]) -> Figure:
 
 
 def save_figure(fig: Figure, path) -> None:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    """Write ``fig`` as a PNG at ``path`` and close it; a full disk or an unwritable folder is
+    a one-line ``StorageError``."""
+    try:
+        with writing(path, "a figure"):
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def _as_number(value):

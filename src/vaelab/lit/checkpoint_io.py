@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,16 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vaelab.errors import writing
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO``, with every save atomic: the checkpoint is written to a
     temporary file in the same folder, flushed and fsynced, then renamed over the old one with
     ``os.replace`` (and the folder fsynced). A crash, a kill or a power loss at any instant
-    leaves either the old file or the new one, never a partial one; a failed write (a full disk)
-    removes its temporary file and leaves the old checkpoint as it was.
+    leaves either the old file or the new one, never a partial one; a failed write removes its
+    temporary file and leaves the old checkpoint as it was (a full disk, a read-only file system
+    or a permission error: a one-line ``StorageError`` with the space the file needed).
 
     Lightning's own writes the bytes straight into the destination, which it truncates first.
     Configured in ``configs/trainer/default.yaml`` (``plugins``)."""
@@ -29,17 +33,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{storage_options!r}"
             )
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # in memory first: the size is known before writing
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with writing(path, "a checkpoint", buffer.tell()):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(temporary, "wb") as file:
+                    file.write(buffer.getbuffer())
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)  # before the free space is measured
+                raise
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)  # the rename itself survives a power loss

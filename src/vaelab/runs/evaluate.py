@@ -5,7 +5,6 @@ metrics.json, figures and TensorBoard scalars, and prints a table."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from vaelab.lit.classifier import cache_dirs, load_or_train
 from vaelab.lit.module import VAELitModule
 from vaelab.runs.checkpoints import error_reason
 from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard
+from vaelab.runs.report import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,3 @@ def classifier_for(cfg: DictConfig, datamodule, train: Images):
     return load_or_train(
         train, test, dirs, epochs=sq.classifier_epochs, seed=int(cfg.seed), read_only=1
     )
-
-
-def write_metrics(metrics: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info("Metrics written to %s", path)

@@ -3,11 +3,17 @@ command that opens TensorBoard."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from vaelab.errors import writing
+
+log = logging.getLogger(__name__)
 
 SHOWN = (
     ("test/loss", "test loss (nats/image)"),
@@ -63,3 +69,13 @@ def print_summary(metrics: dict, run_dir: Path, tensorboard: Path | None = None)
     console.print(summary_table(metrics))
     for line in output_lines(metrics, run_dir, tensorboard):
         console.print(line, markup=False)
+
+
+def write_metrics(metrics: dict, path: Path) -> None:
+    """``metrics`` as sorted, indented JSON at ``path``; a full disk or an unwritable folder
+    is a one-line ``StorageError``."""
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    with writing(path, "the metrics", len(text.encode())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    log.info("Metrics written to %s", path)

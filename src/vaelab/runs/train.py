@@ -3,7 +3,6 @@ test the best checkpoint, write ``metrics.json``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_warnings
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
-from vaelab.runs.report import print_summary
+from vaelab.runs.report import print_summary, write_metrics
 from vaelab.runs.tensorboard import log_run_hparams
 
 log = logging.getLogger(__name__)
@@ -158,9 +157,3 @@ def tensorboard_dir(trainer: L.Trainer) -> Path | None:
     if not dirs:
         return None
     return dirs[0].parent if dirs[0].parent.name == "tensorboard" else dirs[0]
-
-
-def write_metrics(metrics: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info("Metrics written to %s", path)
