@@ -106,11 +106,11 @@ def run_dir_of(checkpoint: str | Path) -> Path | None:
     return None
 
 
-def last_checkpoint(run_dir: str | Path) -> Path:
+def last_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """The most recently written ``.ckpt`` of ``<run_dir>/checkpoints`` that loads (after an
-    interruption, the one saved at the interruption; else ``last.ckpt``). One that does not
-    load (a truncated file) is reported in one line and left in place, and the next newest is
-    taken; only when none loads does it stop, with one line."""
+    interruption, the one saved at the interruption; else ``last.ckpt``), and its contents.
+    One that does not load (a truncated file) is reported in one line and left in place, and
+    the next newest is taken; only when none loads does it stop, with one line."""
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise VaelabError(
@@ -127,12 +127,10 @@ def last_checkpoint(run_dir: str | Path) -> Path:
         )
     for path in reversed(candidates):
         try:
-            read_checkpoint(path, "resume")
+            return path, read_checkpoint(path, "resume")
         except VaelabError as err:
             reason = str(err).split(": ", 1)[-1].split("; ")[0]
             log.warning("resume: %s does not load (%s); taking the next newest", path, reason)
-            continue
-        return path
     raise VaelabError(
         f"resume={run_dir}: none of its {len(candidates)} checkpoints loads (each reported "
         "above); start the run again"
@@ -142,14 +140,15 @@ def last_checkpoint(run_dir: str | Path) -> Path:
 def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
     """The checkpoint a run continues from (``ckpt_path``, or the newest of ``resume``'s run
     dir), read and checked against the config's model; None for a fresh run."""
-    if cfg.get("resume") is not None:
-        resume = Path(cfg["resume"]).expanduser()
-        path, key = (resume if resume.is_file() else last_checkpoint(resume)), "resume"
-    elif cfg.get("ckpt_path") is not None:
-        path, key = Path(cfg["ckpt_path"]).expanduser(), "ckpt_path"
+    resume, chosen = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume is not None and not Path(resume).expanduser().is_file():
+        path, checkpoint = last_checkpoint(resume)  # read while choosing it
+    elif resume is not None or chosen is not None:
+        key = "resume" if resume is not None else "ckpt_path"
+        path = Path(resume if resume is not None else chosen).expanduser()
+        checkpoint = read_checkpoint(path, key)
     else:
         return None
-    checkpoint = read_checkpoint(path, key)
     model = cfg["model"]
     if isinstance(model, DictConfig):
         model = OmegaConf.to_container(model, resolve=True)

@@ -23,7 +23,7 @@ from vaelab.evaluation.classifier import Images, classify
 from vaelab.lit.callbacks import EvaluationMetrics
 from vaelab.lit.classifier import cache_dirs, load_or_train
 from vaelab.lit.module import VAELitModule
-from vaelab.runs.checkpoints import error_reason
+from vaelab.runs.checkpoints import error_reason, read_checkpoint
 from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard
 from vaelab.runs.report import write_metrics
 
@@ -82,7 +82,7 @@ def command_line_keys() -> set[str]:
 
 def saved_data_settings(ckpt_path: str | Path) -> dict:
     """The data module's arguments saved in a train.py checkpoint ({} in older ones)."""
-    checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt_path, "ckpt_path")
     return dict(checkpoint.get("datamodule_hyper_parameters") or {})
 
 

@@ -146,11 +146,11 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
     if trainer.is_global_zero:  # one writer under DDP; every rank returns the same metrics
         log_run_hparams(trainer, cfg, metrics)
         write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-        print_summary(metrics, Path(cfg.paths.output_dir), tensorboard_dir(trainer))
+        print_summary(metrics, Path(cfg.paths.output_dir), tensorboard_to_open(trainer))
     return metrics
 
 
-def tensorboard_dir(trainer: L.Trainer) -> Path | None:
+def tensorboard_to_open(trainer: L.Trainer) -> Path | None:
     """The folder to open TensorBoard on: the run's events, or for a job of a sweep the
     sweep's ``tensorboard/`` folder, where its jobs sit side by side."""
     dirs = [Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
