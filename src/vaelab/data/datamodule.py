@@ -75,7 +75,8 @@ def batch_loader(
     """A DataLoader that yields whole batches from ``dataset[index_tensor]`` (no workers:
     a batch is one tensor gather, cheaper than inter-process transfer), this rank's share of
     the split when ``num_replicas > 1`` (see ``ShardedBatches``)."""
-    sampler = ShardedBatches(len(dataset), batch_size, shuffle, seed, rank, num_replicas)
+    device = dataset.images.device
+    sampler = ShardedBatches(len(dataset), batch_size, shuffle, seed, rank, num_replicas, device)
     return DataLoader(dataset, batch_size=None, sampler=sampler)
 
 

@@ -42,6 +42,7 @@ class ShardedBatches(Sampler[torch.Tensor]):
         seed: int | None = None,
         rank: int = 0,
         num_replicas: int = 1,
+        device: torch.device | str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -56,6 +57,9 @@ class ShardedBatches(Sampler[torch.Tensor]):
         self.num_replicas = num_replicas
         self.epoch = 0
         self._skip = 0
+        # where the data live: the epoch's indices go there in one copy, not one per batch
+        # (a host-to-device copy from pageable memory waits for the device)
+        self.device = torch.device(device) if device is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -90,7 +94,11 @@ class ShardedBatches(Sampler[torch.Tensor]):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         skip, self._skip = self._skip, 0
-        yield from self._batches()[skip:]
+        batches = self._batches()[skip:]
+        if self.device is not None and self.device.type != "cpu" and batches:
+            sizes = [len(b) for b in batches]
+            batches = torch.cat(batches).to(self.device).split(sizes)
+        yield from batches
 
     def __len__(self) -> int:
         if self.shuffle:

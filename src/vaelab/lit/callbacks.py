@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from vaelab.evaluation.metrics import (
@@ -206,6 +207,21 @@ class VAEFigures(L.Callback):
         save_figure(
             self._latent_figure(out, pl_module, epoch), self.figure_dir / "latent_space.png"
         )
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, showing the last training batch's ``loss``, ``recon`` and ``kl``
+    (nats per image), read from the device only when the bar refreshes (every
+    ``refresh_rate`` batches): values logged with ``prog_bar=True`` would be copied to the host
+    after every step."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        terms = getattr(pl_module, "latest_train_terms", None)
+        if trainer.training and terms is not None:
+            values = terms.float().mean(1).tolist()  # one device-to-host copy
+            items |= {f"train_step/{t}": v for t, v in zip(ElboMeans.TERMS, values, strict=True)}
+        return items
 
 
 class TrainingCurves(L.Callback):

@@ -115,26 +115,67 @@ class StopOnNonFiniteLoss(L.Callback):
     """Stops fit at the first training batch whose loss is NaN or infinite, with a message
     naming the epoch, the batch and the last good checkpoint.
 
-    It raises in ``on_train_batch_end``, before any checkpoint of that epoch is written
-    (Lightning runs ``ModelCheckpoint`` hooks after the other callbacks', and saves at the end of
-    validation or of the epoch), so no checkpoint with diverged weights replaces a good one.
-    Costs one device-to-host sync of the loss per step.
+    No host sync per step: each batch only updates, on the device, the index of the epoch's
+    first non-finite batch and its loss. The host reads them every ``check_every_n_steps``
+    batches (None: the trainer's ``log_every_n_steps``, when values are read for the loggers
+    anyway), at the epoch's last batch, before validation and before any checkpoint is saved
+    (``on_save_checkpoint``), so no checkpoint with diverged weights replaces a good one: the
+    checks come before ``ModelCheckpoint``'s saves, which Lightning runs after the other
+    callbacks' hooks, at the end of validation or of the epoch.
     """
+
+    NONE = 2**62  # "no non-finite batch yet", larger than any batch index
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be at least 1, got {check_every_n_steps}")
+        self.check_every_n_steps = check_every_n_steps
+        self._first_bad: torch.Tensor | None = None  # batch index, on the device
+        self._bad_loss: torch.Tensor | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_bad = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            if self._first_bad is None:
+                self._first_bad = torch.full((), self.NONE, device=loss.device)
+                self._bad_loss = torch.zeros((), device=loss.device)
+            first = (self._first_bad == self.NONE) & ~torch.isfinite(loss).all()
+            self._first_bad = torch.where(first, batch_idx, self._first_bad)
+            self._bad_loss = torch.where(first, loss.mean(), self._bad_loss)
+        every = self.check_every_n_steps or trainer.log_every_n_steps
+        if (batch_idx + 1) % every == 0 or trainer.is_last_batch:
+            self.check(trainer, batch_idx)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer, batch_idx: int | None = None) -> None:
+        """Raise ``NonFiniteLossError`` if a batch of this epoch had a non-finite loss (one
+        device-to-host copy)."""
+        if self._first_bad is None:
             return
-        value = float(loss.detach().float().mean())
+        bad_batch, value = torch.stack([self._first_bad.float(), self._bad_loss]).tolist()
+        if bad_batch >= self.NONE:
+            return
+        bad_batch = int(bad_batch)
         lrs = [f"{g['lr']:g}" for opt in trainer.optimizers for g in opt.param_groups]
         checkpoint = last_good_checkpoint(trainer)
+        if batch_idx is None:
+            batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.completed - 1
+        step = trainer.global_step - (batch_idx - bad_batch)
         raise NonFiniteLossError(
             f"training stopped: the loss is {'nan' if math.isnan(value) else value} at epoch "
-            f"{trainer.current_epoch + 1}, batch {batch_idx + 1} (global step "
-            f"{trainer.global_step}, learning rate {', '.join(lrs) or 'unknown'}); no checkpoint "
-            f"was written after it. Last good checkpoint: "
-            f"{checkpoint or 'none (no epoch had finished)'}. Lower model.optimizer.lr "
-            "(or add a warm-up) and train again"
+            f"{trainer.current_epoch + 1}, batch {bad_batch + 1} (global step {step}, learning "
+            f"rate {', '.join(lrs) or 'unknown'}); no checkpoint was written after it. Last good "
+            f"checkpoint: {checkpoint or 'none (no epoch had finished)'}. Lower "
+            "model.optimizer.lr (or add a warm-up) and train again"
         )

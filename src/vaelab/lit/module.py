@@ -45,8 +45,9 @@ class VAELitModule(L.LightningModule):
     Logs ``{split}/loss``, ``{split}/recon`` and ``{split}/kl`` (nats per image) once per epoch:
     the mean over every image of the split, whatever the batch sizes; ``loss`` is always
     recon + beta * kl with the configured ``beta``, so runs compare whatever the objective.
-    Validation also logs ``val/active_units`` and keeps the per-dimension statistics
-    (``LatentStats``) in ``val_latent_stats``; training logs the current KL weight as
+    ``latest_train_terms`` holds the last training batch's terms [3, B] on the device (for
+    the progress bar). Validation also logs ``val/active_units`` and keeps the per-dimension
+    statistics (``LatentStats``) in ``val_latent_stats``; training logs the current KL weight as
     ``train_step/beta``.
 
     Objectives, for every variant: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or
@@ -82,6 +83,7 @@ class VAELitModule(L.LightningModule):
         # restarts from scratch after a restore, so its state is not saved)
         self.epoch_means["train_means"].persistent(True)
         self.latent_stats = LatentStats(self.net.latent_dim)
+        self.latest_train_terms: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
@@ -145,10 +147,15 @@ class VAELitModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, _ = batch
         loss, terms = self.objective(x)
-        self.epoch_means["train_means"].update(torch.stack(terms))
-        if self.global_step % self.trainer.log_every_n_steps == 0:  # only when it is shown
+        stacked = torch.stack(terms)
+        self.epoch_means["train_means"].update(stacked)
+        # on device, for the progress bar to read when it refreshes (no host read per step)
+        self.latest_train_terms = stacked.detach()
+        # logged only on the steps Lightning writes to the loggers (its own test, with
+        # _batches_that_stepped == global_step): each value logged is read from the device
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             for term, values in zip(TERMS, terms, strict=True):
-                self.log(f"train_step/{term}", values.mean(), prog_bar=True)
+                self.log(f"train_step/{term}", values.mean())
             self.log("train_step/beta", self.current_beta())
         return loss
 
