@@ -32,19 +32,33 @@ def test_tensorboard_has_scalar_and_image_tags(run_dir):
     assert set(IMAGES) <= tags["images"]
 
 
-def test_images_are_logged_every_epoch(run_dir):
-    (events,) = [
-        e
-        for e in (run_dir / "tensorboard").glob("events.out.tfevents.*")
-        if (acc := EventAccumulator(str(e), size_guidance={"images": 0})).Reload()
-        and "val/samples" in acc.Tags()["images"]
-    ]
-    acc = EventAccumulator(str(events), size_guidance={"images": 0})
-    acc.Reload()
-    assert [e.step for e in acc.Images("val/samples")] == [
-        1,
-        2,
-    ]  # epochs done, as in the PNG titles
+def image_steps(run_dir, tag: str = "val/samples") -> list[int]:
+    """The TensorBoard steps (epochs done) at which ``tag`` was logged in ``run_dir``."""
+    steps = []
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        if tag in acc.Tags()["images"]:
+            steps += [e.step for e in acc.Images(tag)]
+    return sorted(steps)
+
+
+def test_images_are_logged_every_n_epochs_and_after_the_last(run_dir, synthetic_root, tmp_path):
+    # the shared run: 2 epochs with the default every_n_epochs=5, so the last epoch only
+    assert image_steps(run_dir) == [2]  # epochs done, as in the PNG titles
+    result = run_script(
+        "train.py",
+        synthetic_overrides(synthetic_root, tmp_path)
+        + [
+            "trainer.max_epochs=5",
+            "callbacks.figures.every_n_epochs=2",
+            "callbacks.test_metrics=null",
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    for tag in IMAGES:
+        assert image_steps(run, tag) == [2, 4, 5], tag
 
 
 @pytest.mark.parametrize("name", FIGURES)
