@@ -13,6 +13,13 @@ Prints a table; ``--json`` writes it too. vaelab's run also times the importance
 default 5000) on the
 first ``--nll-images`` test images and extrapolates it to the 10 000 of the test set
 (``--nll-images 10000`` times all of them; ``--nll-images 0`` skips it).
+
+    python scripts/benchmark.py --whole [--epochs 20] [--rounds 1] [overrides]
+
+Whole processes instead, from start to exit, as a user runs them: ``python train.py`` (the
+default run: validation, figures, checkpoints, the test stage, with ``trainer.max_epochs=E``
+and any overrides; its outputs in a temporary dir) alternated with ``python
+scripts/reference_vae.py --epochs E``, and the ratio of their medians.
 """
 
 from __future__ import annotations
@@ -28,14 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from PIL import Image
+from reference_vae import ReferenceMNIST, ReferenceVAE, reference_loss
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import vaelab.runs  # noqa: F401  (registers ${vaelab_root:})
 from vaelab.data.files import ensure_files, load_split
@@ -46,43 +51,7 @@ from vaelab.runs.train import build, runtime_settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ---- (a) the reference script, copied faithfully ----------------------------------------
-class ReferenceMNIST(Dataset):
-    """Per-sample access as torchvision's MNIST + ToTensor: uint8 -> PIL image -> float tensor."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        image = Image.fromarray(self.images[i], mode="L")
-        x = torch.from_numpy(np.array(image, np.uint8, copy=True)).view(1, 28, 28).float() / 255
-        return x, int(self.labels[i])
-
-
-class ReferenceVAE(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(784, 256), nn.Linear(256, 256)
-        self.fc_mu, self.fc_logvar = nn.Linear(256, 32), nn.Linear(256, 32)
-        self.fc3, self.fc4, self.fc5 = nn.Linear(32, 256), nn.Linear(256, 256), nn.Linear(256, 784)
-
-    def forward(self, x):
-        h = F.relu(self.fc2(F.relu(self.fc1(x.view(-1, 784)))))
-        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.fc5(F.relu(self.fc4(F.relu(self.fc3(z)))))), mu, logvar
-
-
-def reference_loss(recon, x, mu, logvar):
-    """Summed over pixels and latents, mean over the batch (nats per image)."""
-    bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
-    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    return (bce + kld) / len(x)
-
-
+# ---- (a) the reference script (scripts/reference_vae.py) ------------------------------
 def run_reference(train, test, epochs: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model = ReferenceVAE()
@@ -212,9 +181,59 @@ def run_in_subprocess(side: str, args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def time_process(command: list[str]) -> float:
+    """Seconds from starting ``command`` to its exit (its output discarded)."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - start
+
+
+def whole_runs(args) -> dict:
+    """Alternates the reference script's whole run and vaelab's default run."""
+    seconds: dict[str, list[float]] = {"reference": [], "vaelab": []}
+    for round_ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as out:
+            commands = {
+                "reference": [
+                    sys.executable, str(ROOT / "scripts" / "reference_vae.py"),
+                    "--epochs", str(args.epochs), "--data-root", args.data_root,
+                    "--out", f"{out}/reference", "--seed", str(args.seed),
+                ],
+                "vaelab": [
+                    sys.executable, str(ROOT / "train.py"), f"paths.data_dir={args.data_root}",
+                    f"paths.log_dir={out}/logs", f"trainer.max_epochs={args.epochs}",
+                    f"seed={args.seed}", *args.overrides,
+                ],
+            }  # fmt: skip
+            for side, command in commands.items():
+                print(f"round {round_ + 1}/{args.rounds}: {side} ...", file=sys.stderr, flush=True)
+                seconds[side].append(time_process(command))
+    ref, ours = (statistics.median(seconds[s]) for s in ("reference", "vaelab"))
+    return {
+        "machine": machine(),
+        "mode": "whole process",
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "overrides": args.overrides,
+        "reference_seconds": ref,
+        "vaelab_seconds": ours,
+        "speedup": ref / ours,
+        "runs": seconds,
+        "vaelab_version": vaelab.__version__,
+    }
+
+
+def machine() -> str:
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="default: 3, or 20 with --whole")
+    parser.add_argument("--whole", action="store_true", help="time whole processes")
     parser.add_argument("--rounds", type=int, default=1, help="alternations of (a) then (b)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data"))
     parser.add_argument("--json", help="also write the figures to this file")
@@ -225,6 +244,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for vaelab's run")
     args = parser.parse_args()
 
+    args.epochs = args.epochs or (20 if args.whole else 3)
+    if args.whole:
+        args.data_root = str(Path(args.data_root).resolve())
+        summary = whole_runs(args)
+        print(f"\n{summary['machine']}; whole runs of {args.epochs} epochs x {args.rounds} rounds")
+        print(f"{'':28}{'reference':>12}{'vaelab':>12}{'ratio':>8}")
+        ref, ours = summary["reference_seconds"], summary["vaelab_seconds"]
+        print(f"{'process start to exit (s)':28}{ref:12.1f}{ours:12.1f}{ref / ours:8.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        return
     data_root = Path(args.data_root).resolve()
     if args.side:  # one side in this fresh process; the parent reads its JSON line
         print(json.dumps(run_side(args.side, data_root, args)))
@@ -240,9 +270,7 @@ def main() -> None:
 
     ref_speed, our_speed = (median(n, "train_samples_per_sec") for n in ("reference", "vaelab"))
     summary = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
-        f"{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine(),
         "epochs": args.epochs,
         "rounds": args.rounds,
         "overrides": args.overrides,

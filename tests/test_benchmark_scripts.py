@@ -1,0 +1,39 @@
+"""The benchmark's scripts run: the reference script on its own, and the whole-process mode of
+scripts/benchmark.py (timings are the scripts' business, not the tests')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_script
+
+
+def test_reference_script_trains_tests_and_saves_images(synthetic_root, tmp_path):
+    result = run_script(
+        "scripts/reference_vae.py",
+        ["--epochs", "2", "--data-root", str(synthetic_root), "--out", str(tmp_path)],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("====> Test set loss:") == 2
+    for epoch in (1, 2):
+        assert (tmp_path / f"reconstruction_{epoch}.png").stat().st_size > 0
+        assert (tmp_path / f"sample_{epoch}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_whole_process_mode_times_both_runs(synthetic_root, tmp_path):
+    result = run_script(
+        "scripts/benchmark.py",
+        ["--whole", "--epochs", "1", "--data-root", str(synthetic_root)]
+        + ["--json", str(tmp_path / "whole.json")]
+        + ["data.checksums=null", "data.download=false", "data.val_size=100"],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "whole.json").read_text())
+    assert summary["mode"] == "whole process" and summary["epochs"] == 1
+    assert summary["reference_seconds"] > 0 and summary["vaelab_seconds"] > 0
+    assert summary["speedup"] == pytest.approx(
+        summary["reference_seconds"] / summary["vaelab_seconds"]
+    )
+    assert "process start to exit" in result.stdout
