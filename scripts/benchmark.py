@@ -52,28 +52,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- (a) the reference script (scripts/reference_vae.py) ------------------------------
-def run_reference(train, test, epochs: int, seed: int) -> dict:
+def run_reference(train, test, epochs: int, seed: int, device: str = "cpu") -> dict:
+    """The reference's training loop (scripts/reference_vae.py, without its prints and image
+    files), timed per epoch; on ``device`` (cuda: batches from pinned memory)."""
     torch.manual_seed(seed)
-    model = ReferenceVAE()
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    model = ReferenceVAE().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2)
-    test_loader = DataLoader(test, batch_size=128, shuffle=False, num_workers=2)
+    loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2, pin_memory=pin)
+    test_loader = DataLoader(test, batch_size=128, shuffle=False, num_workers=2, pin_memory=pin)
     epoch_seconds, test_seconds = [], []
     for _ in range(epochs):
         model.train()
         start = time.perf_counter()
         for x, _ in loader:
+            x = x.to(device)
             recon, mu, logvar = model(x)
             loss = reference_loss(recon, x, mu, logvar)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+        if pin:
+            torch.cuda.synchronize()
         epoch_seconds.append(time.perf_counter() - start)
         model.eval()
         start, total = time.perf_counter(), 0.0
         with torch.no_grad():
             for x, _ in test_loader:
+                x = x.to(device)
                 recon, mu, logvar = model(x)
                 total += reference_loss(recon, x, mu, logvar).item() * len(x)
         test_seconds.append(time.perf_counter() - start)
@@ -88,8 +96,9 @@ def run_reference(train, test, epochs: int, seed: int) -> dict:
 # ---- (b) vaelab through the Trainer -------------------------------------------------------
 def time_nll(net: nn.Module, x: torch.Tensor, k: int) -> dict:
     """Seconds of the importance-sampled NLL with k samples on images x, as eval.py runs it."""
+    net = net.to(x.device).eval()  # Lightning leaves the model on the CPU after fit
     start = time.perf_counter()
-    nll = -dataset_log_likelihood(net.eval(), x, k)
+    nll = -dataset_log_likelihood(net, x, k)
     seconds = time.perf_counter() - start
     return {
         "nll_k": k,
@@ -154,7 +163,7 @@ def run_side(side: str, data_root: Path, args) -> dict:
     paths = ensure_files(data_root / "MNIST" / "raw", download_missing=False)
     train = ReferenceMNIST(*load_split(paths, "train", None))
     test = ReferenceMNIST(*load_split(paths, "test", None))
-    return run_reference(train, test, args.epochs, args.seed)
+    return run_reference(train, test, args.epochs, args.seed, args.device)
 
 
 def run_in_subprocess(side: str, args) -> dict:
@@ -175,6 +184,8 @@ def run_in_subprocess(side: str, args) -> dict:
         str(args.nll_k),
         "--nll-images",
         str(args.nll_images),
+        "--device",
+        args.device,
         *args.overrides,
     ]
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -198,6 +209,7 @@ def whole_runs(args) -> dict:
                     sys.executable, str(ROOT / "scripts" / "reference_vae.py"),
                     "--epochs", str(args.epochs), "--data-root", args.data_root,
                     "--out", f"{out}/reference", "--seed", str(args.seed),
+                    "--device", args.device,
                 ],
                 "vaelab": [
                     sys.executable, str(ROOT / "train.py"), f"paths.data_dir={args.data_root}",
@@ -234,6 +246,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, help="default: 3, or 20 with --whole")
     parser.add_argument("--whole", action="store_true", help="time whole processes")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"],
+        help="cuda: the reference on the GPU and vaelab with trainer.accelerator=gpu",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="alternations of (a) then (b)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data"))
     parser.add_argument("--json", help="also write the figures to this file")
@@ -245,6 +261,8 @@ def main() -> None:
     args = parser.parse_args()
 
     args.epochs = args.epochs or (20 if args.whole else 3)
+    if args.device == "cuda" and not args.side:  # (a side's process gets them passed on)
+        args.overrides = ["trainer.accelerator=gpu", *args.overrides]
     if args.whole:
         args.data_root = str(Path(args.data_root).resolve())
         summary = whole_runs(args)
