@@ -252,7 +252,7 @@ def note(name: str, rows: list[dict], params: list[str]) -> str:
     if name != "posterior_collapse":
         return text + (
             "This ranks the configurations by how far they get within this budget, not by "
-            "where they would converge; the wall times say what each costs on this machine."
+            "where they would converge; the wall times say what each costs on the machine above."
         )
     for row in ok:
         if row["params"].get("kl") == "linear_warmup" and row["steps"] is not None:
