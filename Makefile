@@ -1,7 +1,8 @@
 # The two commands of the README: `make train` and `make test`. Each sets up .venv first.
-# torch is installed on its own first and pinned, so that no dependency pulls another build:
-# on this CPU-only machine `torch==2.13.0` is a local CPU wheel; on a CUDA machine PyPI's
-# wheel of the same version has CUDA. Override with TORCH_SPEC=... if you need another build.
+# torch is installed on its own first and pinned, so that no dependency pulls another build.
+# pip takes `torch==2.13.0` from the indexes it is configured with: PyPI's Linux wheel has
+# CUDA; a CPU-only build comes from a CPU index or a local wheel that pip is pointed at.
+# Override with TORCH_SPEC=... if you need another build.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,sweep

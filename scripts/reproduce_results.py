@@ -1,6 +1,6 @@
-"""Run the README's three experiments on a short budget and write docs/results.md from them.
+"""Run the experiments on a short budget and write docs/results.md from them.
 
-The experiments are those of the README's "Training techniques" section.
+The experiments are those of docs/techniques.md (configs/experiment/).
 
     python scripts/reproduce_results.py --data-root DIR [--epochs N] [--only NAME ...]
         [--out docs/results.md] [--log-dir logs/reproduce] [--override KEY=VALUE ...]
@@ -103,6 +103,16 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def near_root(path: Path) -> str:
+    """``path`` relative to the repository root when it lies in the root's parent folder
+    (``../shared/data``), so the report's commands read the same from any clone; else the
+    absolute path."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(ROOT.parent):
+        return str(resolved)
+    return os.path.relpath(resolved, ROOT)
+
+
 def run_experiment(name: str, epochs: int, args) -> int:
     """Run ``train.py experiment=name`` into ``<log-dir>/name``; returns its exit status."""
     exp_dir = args.log_dir / name
@@ -111,7 +121,7 @@ def run_experiment(name: str, epochs: int, args) -> int:
     out = f"hydra.sweep.dir={shown(exp_dir)}" if multirun else f"hydra.run.dir={shown(exp_dir)}/0"
     overrides = [f"experiment={name}", f"trainer.max_epochs={epochs}", out]
     if args.data_root:
-        overrides.append(f"paths.data_dir={args.data_root.resolve()}")
+        overrides.append(f"paths.data_dir={near_root(args.data_root)}")
     overrides += args.override
     print(f"== {name}: python train.py {shlex.join(overrides)}", flush=True)
     commit = git_commit()  # the code the run imports: edits made while it runs do not count
@@ -242,7 +252,7 @@ def note(name: str, rows: list[dict], params: list[str]) -> str:
     if name != "posterior_collapse":
         return text + (
             "This ranks the configurations by how far they get within this budget, not by "
-            "where they would converge; the wall times say what each costs on this machine."
+            "where they would converge; the wall times say what each costs on the machine above."
         )
     for row in ok:
         if row["params"].get("kl") == "linear_warmup" and row["steps"] is not None:

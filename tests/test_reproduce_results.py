@@ -107,3 +107,18 @@ def test_sections_of_experiments_not_run_are_kept(tmp_path):
 def test_prior_comparison_experiment_composes():
     cfg = compose_train(["experiment=prior_comparison"])
     assert cfg.data.binarize == "dynamic" and cfg.callbacks.test_metrics.nll_k == 5000
+
+
+def test_data_root_beside_the_clone_is_written_relative_to_it():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "reproduce", ROOT / "scripts/reproduce_results.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.near_root(ROOT.parent / "shared" / "data") == "../shared/data"
+    assert script.near_root(ROOT / "data") == "data"
+    assert script.near_root(Path("/")) == "/"

@@ -126,3 +126,19 @@ def test_terminal_ends_with_metrics_paths_and_the_tensorboard_command(trained_ru
     assert f"{metrics['test/loss']:.2f}" in tail
     assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in tail
     assert f"tensorboard --logdir {run / 'tensorboard'}" in tail
+
+
+def test_terminal_has_no_lightning_tips_or_notes_that_do_not_apply(trained_run_result):
+    _, result = trained_run_result
+    output = result.stdout + result.stderr
+    for noise in (
+        "Tip:",  # Lightning's litlogger / litmodels advertisements
+        "litlogger",
+        "Skipping setting a default `ModelSummary`",
+        "was called without a model",  # SaveOnInterrupt makes Lightning look for a checkpoint
+        "no last checkpoint available",
+    ):
+        assert noise not in output, noise
+    # the run's own lines stay: devices, the model summary, progress, the summary and paths
+    for line in ("GPU available:", "Trainable params", "Epoch 1", "vaelab run", "run dir:"):
+        assert line in output, line

@@ -1,7 +1,7 @@
 """Reading IDX files (the MNIST file format), gzipped or not.
 
 Written here because the format is twelve lines of numpy and the usual reader lives in
-torchvision, which this project does not import (see README).
+torchvision, which this project does not import (see docs/data.md).
 """
 
 from __future__ import annotations

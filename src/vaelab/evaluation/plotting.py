@@ -19,7 +19,7 @@ from vaelab.errors import writing  # noqa: E402
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """[N, C, H, W] in [0, 1] -> one [C, H', W'] image with ``nrow`` images per row.
 
-    Hand-written because torchvision's ``make_grid`` cannot be imported here (see README).
+    Hand-written because torchvision's ``make_grid`` cannot be imported here (see docs/data.md).
     """
     n, c, h, w = images.shape
     rows = math.ceil(n / nrow)

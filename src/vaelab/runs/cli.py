@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from vaelab.errors import VaelabError
@@ -18,11 +20,21 @@ def print_error(err: BaseException) -> None:
         print(f"error: {line}", file=sys.stderr)
 
 
+# Lightning's info lines that advertise other products or describe a choice vaelab makes on
+# purpose (its own ModelSummary callback); its other lines (devices, checkpoints) stay.
+LIGHTNING_TIPS = (
+    "\N{ELECTRIC LIGHT BULB} Tip:",
+    "Trainer already configured with model summary callbacks",
+)
+
+
 def quiet_known_warnings() -> None:
     """Silence Lightning's advice that does not apply to in-memory batches, to epoch means
     that torchmetrics already reduces over DDP ranks or to a resumed epoch (the data module
-    restores its position itself), and its deprecation notice about torch 2.13's pytree API
-    (not ours to fix)."""
+    restores its position itself), its deprecation notice about torch 2.13's pytree API
+    (not ours to fix), and its note at every new run that it looked for a checkpoint to
+    continue from (SaveOnInterrupt is an OnExceptionCheckpoint, which makes Lightning look;
+    vaelab names the checkpoint to continue from itself: resume=, ckpt_path=)."""
     for pattern in (
         ".*does not have many workers.*",
         ".*`num_workers`.*",
@@ -30,17 +42,53 @@ def quiet_known_warnings() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",
         ".*when logging on epoch level in distributed setting.*",
         ".*your dataloader is not resumable.*",
+        r".*`\.fit\(ckpt_path=None\)` was called without a model.*",
+        r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint available.*',
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_TIPS)
+
+
+def _rank_zero_loggers() -> list[logging.Logger]:
+    """The loggers of Lightning's ``rank_zero_info`` (the one in use depends on which of
+    lightning.pytorch and lightning.fabric was imported last, so all of them)."""
+    names = {"lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"}
+    try:
+        from lightning_utilities.core import rank_zero
+
+        names.add(rank_zero.log.name)
+    except (ImportError, AttributeError):
+        pass
+    return [logging.getLogger(name) for name in sorted(names)]
+
+
+@contextmanager
+def quiet_known_messages() -> Iterator[None]:
+    """Within this block: the warnings of ``quiet_known_warnings`` and Lightning's tips
+    (``LIGHTNING_TIPS``) are not shown; both come back when it ends."""
+    tips = _DropLightningTips()
+    loggers = _rank_zero_loggers()
+    with warnings.catch_warnings():
+        quiet_known_warnings()
+        for logger in loggers:
+            logger.addFilter(tips)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(tips)
+
+
 def run_or_exit(entry: Callable[..., T], *args) -> T:
-    """``entry(*args)`` for a command-line script, without the warnings of
-    ``quiet_known_warnings``: a ``VaelabError`` becomes its ``error:`` lines on stderr and exit
+    """``entry(*args)`` for a command-line script, without the messages of
+    ``quiet_known_messages``: a ``VaelabError`` becomes its ``error:`` lines on stderr and exit
     status 2 instead of a traceback."""
     try:
-        with warnings.catch_warnings():
-            quiet_known_warnings()
+        with quiet_known_messages():
             return entry(*args)
     except VaelabError as err:
         print_error(err)

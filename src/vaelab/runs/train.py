@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.errors import TrainingInterrupted
 from vaelab.lit.fault_tolerance import SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
-from vaelab.runs.cli import quiet_known_warnings
+from vaelab.runs.cli import quiet_known_messages
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
 from vaelab.runs.report import print_summary, write_metrics
@@ -59,11 +58,10 @@ def interruptible(trainer: L.Trainer, run_dir: str | Path):
 
 @contextmanager
 def runtime_settings(cfg: DictConfig):
-    """Process-wide settings for the run, undone when it ends: the warning filters and
-    denormal flushing; and the seeds."""
+    """Process-wide settings for the run, undone when it ends: the warning filters, the
+    filter of Lightning's tips and denormal flushing; and the seeds."""
     flush = bool(cfg.get("flush_denormal", True))
-    with warnings.catch_warnings():
-        quiet_known_warnings()
+    with quiet_known_messages():
         if flush:
             torch.set_flush_denormal(True)  # denormals in Adam's state slow CPU epochs by ~20 %
         try:

@@ -2,8 +2,9 @@
 
 Why hand-written: torch sends fp32 ``Linear`` on the CPU to MKL, which runs its AVX2 code on
 AMD processors even when they have AVX-512; oneDNN (bundled with every x86 torch build)
-uses AVX-512 wherever the CPU has it. On this project's 2-core AMD EPYC (Zen 5)
-``scripts/benchmark.py`` trains the default model about 20 % faster with it (README, Speed).
+uses AVX-512 wherever the CPU has it. On a 2-core AMD EPYC (Zen 5),
+``python scripts/benchmark.py --epochs 2 --rounds 2`` trained the default model about 20 %
+faster with it than with ``model.onednn_linear=false`` (docs/speed.md).
 torch exposes oneDNN's fp32 linear only as ``torch.ops.mkldnn._linear_pointwise`` (what
 Inductor calls), with no autograd formula, so the backward pass is written here: three
 matrix products, all fp32.
