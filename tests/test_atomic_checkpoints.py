@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from vaelab.errors import StorageError
-from vaelab.lit.checkpoint_io import AtomicCheckpointIO
+from vaelab.lit.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from vaelab.lit.loggers import SummaryWriter
 
 
@@ -39,6 +39,18 @@ def test_a_failure_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
     io.save_checkpoint({"step": 3}, path)
     assert io.load_checkpoint(path)["step"] == 3
+
+
+def test_resuming_removes_the_temporary_files_of_killed_writers_only(tmp_path):
+    dead = subprocess.Popen(["true"])  # a process that is gone
+    dead.wait()
+    killed = tmp_path / f".last.ckpt.{dead.pid}.tmp"
+    alive = tmp_path / f".last.ckpt.{os.getpid()}.tmp"  # a write in progress
+    other = tmp_path / ".notes.tmp"
+    for path in (killed, alive, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [killed]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
 
 
 def test_the_trainer_writes_checkpoints_atomically_by_default(tmp_path):
