@@ -157,4 +157,5 @@ def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
     check_architecture(checkpoint, model, path)
     if run_dir_of(path) is not None:
         remove_stale_temporaries(path.parent)
+    log.info("Continuing from %s (global step %s)", path, checkpoint.get("global_step"))
     return path
