@@ -134,3 +134,29 @@ def test_a_killed_sweep_run_again_skips_resumes_and_runs_its_jobs(synthetic_root
         ("1", "3", "ok"),
         ("2", "4", "ok"),
     ]
+
+
+@pytest.mark.slow
+def test_a_sweep_resubmitted_through_submitit_skips_its_finished_jobs(synthetic_root, tmp_path):
+    """The continuation is in the job: a launcher that starts the jobs elsewhere (submitit,
+    as for SLURM) continues the sweep the same way."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs .[sweep]")
+    sweep = tmp_path / "sweep"
+    quick = [o for o in synthetic_overrides(synthetic_root, tmp_path) if "callbacks." not in o]
+    args = [*quick, "trainer.max_epochs=1", "callbacks=none", "logger=[]", "test=false"]
+    first = run_script("train.py", ["-m", *args, "model.beta=0.5,2", f"hydra.sweep.dir={sweep}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = {job: (sweep / job / "metrics.json").stat().st_mtime_ns for job in ("0", "1")}
+
+    again = run_script(
+        "train.py",
+        [f"resume={sweep}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert any((sweep / ".submitit").iterdir())  # the jobs went through submitit
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").stat().st_mtime_ns == metrics[job]
+        log = (sweep / job / "train.log").read_text()
+        assert f"Job {job} ({sweep / job}) finished before: skipped" in log
+    with open(sweep / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
