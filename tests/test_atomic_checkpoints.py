@@ -1,4 +1,5 @@
-"""Checkpoint writes that a crash cannot leave half done, and resume past a broken file."""
+"""Checkpoint writes that a crash cannot leave half done, resume past a broken file, and a full
+disk, a read-only file system or no permission as one error line (checkpoints, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import errno
 import json
 import os
 import subprocess
+import threading
 
 import pytest
 import torch
 from conftest import compose_train, run_script, synthetic_overrides
 from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from vaelab.errors import StorageError
-from vaelab.lit.checkpoint_io import AtomicCheckpointIO
+from vaelab.lit.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
+from vaelab.lit.loggers import SummaryWriter
 
 
 def test_a_failure_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch):
@@ -28,13 +32,25 @@ def test_a_failure_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch
         io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()
     assert str(err.value).startswith(
-        f"cannot write a checkpoint to {path}: no space left on the device (it needed 0.0"
+        f"cannot write a checkpoint to {path}: no space left on the device (it needed 5.5 kB, "
     )
     assert "\n" not in str(err.value)
     assert io.load_checkpoint(path)["step"] == 1  # the old file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
     io.save_checkpoint({"step": 3}, path)
     assert io.load_checkpoint(path)["step"] == 3
+
+
+def test_resuming_removes_the_temporary_files_of_killed_writers_only(tmp_path):
+    dead = subprocess.Popen(["true"])  # a process that is gone
+    dead.wait()
+    killed = tmp_path / f".last.ckpt.{dead.pid}.tmp"
+    alive = tmp_path / f".last.ckpt.{os.getpid()}.tmp"  # a write in progress
+    other = tmp_path / ".notes.tmp"
+    for path in (killed, alive, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [killed]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
 
 
 def test_the_trainer_writes_checkpoints_atomically_by_default(tmp_path):
@@ -79,20 +95,34 @@ def test_resume_with_no_loadable_checkpoint_is_one_line(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 12 MB file system (tmpfs) at ``tmp_path / "disk"``: mounted when the tests run
-    as root, as CI does."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(name, options)``: a real file system (tmpfs, e.g. ``size=12m`` or
+    ``ro,size=4k``) at ``tmp_path / name``, unmounted after the test; mounted when the tests
+    run as root, as CI does."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    mounted = []
+
+    def mount(name: str, options: str):
+        disk = tmp_path / name
+        disk.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.fixture
+def small_disk(mount_tmpfs):
+    """A real 12 MB file system (tmpfs) at ``tmp_path / "disk"``."""
+    return mount_tmpfs("disk", "size=12m")
 
 
 @pytest.mark.slow
@@ -112,4 +142,74 @@ def test_a_full_disk_ends_the_run_with_one_line_and_loadable_checkpoints(
     saved = list((run_dir / "checkpoints").iterdir())
     assert saved and all(p.suffix == ".ckpt" for p in saved)  # no temporary file left
     for path in saved:
+        assert "state_dict" in torch.load(path, weights_only=True)
+
+
+def scalars_in(folder) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar in the event files of ``folder``, read by
+    TensorBoard's own loader."""
+    return [
+        (value.tag, event.step, float(torch.tensor(list(value.tensor.float_val))[0]))
+        if value.HasField("tensor")
+        else (value.tag, event.step, value.simple_value)
+        for path in sorted(folder.glob("events.out.tfevents.*"))
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    ]
+
+
+def test_events_are_written_in_the_calling_thread_and_tensorboard_reads_them(tmp_path):
+    threads = threading.active_count()
+    with SummaryWriter(str(tmp_path)) as writer:
+        assert threading.active_count() == threads  # no writer thread (tensorboard starts one)
+        for step in range(3):
+            writer.add_scalar("train/loss", 10.0 - step, step)
+    assert scalars_in(tmp_path) == [("train/loss", s, 10.0 - s) for s in range(3)]
+
+
+def test_a_full_disk_under_tensorboard_is_one_error_at_the_write(mount_tmpfs):
+    disk = mount_tmpfs("events", "size=4k")
+    writer = SummaryWriter(str(disk))
+    with pytest.raises(StorageError) as err:
+        for step in range(1000):  # about 40 bytes each: the 4 kB are full after ~100
+            writer.add_scalar("train/loss", float(step), step)
+    (events,) = disk.glob("events.out.tfevents.*")
+    assert str(err.value).startswith(
+        f"cannot write TensorBoard events to {events}: no space left on the device (it needed "
+    )
+    assert "\n" not in str(err.value)
+    writer.add_scalar("train/loss", 0.0, 2000)  # later writes and the close do nothing
+    writer.close()
+    written = scalars_in(disk)  # every scalar up to the failed one, in order
+    assert 50 < len(written) < 1000 and [s for _, s, _ in written] == list(range(len(written)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("options", "fault"), [("size=12k", "no space left"), ("ro,size=4k", "read-only")]
+)
+def test_tensorboard_on_a_full_or_read_only_disk_ends_the_run_with_one_line(
+    synthetic_root, tmp_path, mount_tmpfs, options, fault
+):
+    """The events of a run need ~20 kB: 12 kB fill during the run, a read-only disk fails at
+    the first event; the checkpoints (on another disk) stay loadable."""
+    disk = mount_tmpfs("events", options)
+    result = run_script(
+        "train.py",
+        [
+            *synthetic_overrides(synthetic_root, tmp_path),
+            "callbacks.figures=null",
+            "model.hidden_dims=[32]",
+            f"logger.tensorboard.save_dir={disk}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(f"error: cannot write TensorBoard events to {disk}/events.out.")
+    assert f": {fault}" in errors[0] and " bytes, " in errors[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    for path in (tmp_path / "run" / "checkpoints").glob("*"):
         assert "state_dict" in torch.load(path, weights_only=True)

@@ -71,8 +71,17 @@ def storage_error(err: OSError, path: str | Path, what: str, size: int | None = 
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(existing).free
-    needed = f"it needed {size / 1e6:.1f} MB, " if size is not None else ""
+    needed = f"it needed {_size(size)}, " if size is not None else ""
     return StorageError(
         f"cannot write {what} to {path}: {STORAGE_ERRNOS[err.errno]} ({needed}"
-        f"{free / 1e6:.1f} MB free there); free space or write elsewhere (paths.log_dir=...)"
+        f"{_size(free)} free there); free space or write elsewhere (paths.log_dir=...)"
     )
+
+
+def _size(size: int) -> str:
+    """A file size for a message: ``79.7 GB``, ``6.7 MB``, ``1.2 kB`` or ``80 bytes``."""
+    if size >= 1e9:
+        return f"{size / 1e9:.1f} GB"
+    if size >= 1e6:
+        return f"{size / 1e6:.1f} MB"
+    return f"{size / 1e3:.1f} kB" if size >= 1e3 else f"{size} bytes"

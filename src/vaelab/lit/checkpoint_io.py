@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,42 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vaelab.errors import writing
+
+log = logging.getLogger(__name__)
+
+# ".last.ckpt.1234.tmp": a checkpoint being written by process 1234
+_TEMPORARY = re.compile(r"\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp")
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``AtomicCheckpointIO`` writes ``path`` before renaming it (hidden, not ``*.ckpt``,
+    with the writer's process id)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` that a killed writer left (its process is
+    gone; the checkpoints it was replacing are whole), say so in one line each, return them."""
+    removed = []
+    for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or _is_running(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        log.info("Removed %s (a checkpoint write that was killed; %s is whole)", path.name,
+                 match["name"])  # fmt: skip
+        removed.append(path)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,7 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # in memory first: the size is known before writing
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = temporary_path(path)
         with writing(path, "a checkpoint", buffer.tell()):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +81,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     file.write(buffer.getbuffer())
                     file.flush()
                     os.fsync(file.fileno())
-                os.replace(temporary, path)
+                self._replace(temporary, path)
             except BaseException:
                 temporary.unlink(missing_ok=True)  # before the free space is measured
                 raise
@@ -52,3 +90,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(folder)  # the rename itself survives a power loss
         finally:
             os.close(folder)
+
+    def _replace(self, temporary: Path, path: Path) -> None:
+        """The instant the whole new file takes the old one's place (a seam for tests that
+        kill a run while it writes a checkpoint)."""
+        os.replace(temporary, path)

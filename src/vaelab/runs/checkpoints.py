@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import VaelabError
+from vaelab.lit.checkpoint_io import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ def last_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
     """The checkpoint a run continues from (``ckpt_path``, or the newest of ``resume``'s run
-    dir), read and checked against the config's model; None for a fresh run."""
+    dir), read and checked against the config's model; None for a fresh run. Continuing in
+    its run dir, the temporary files of checkpoint writes killed before are removed."""
     resume, chosen = cfg.get("resume"), cfg.get("ckpt_path")
     if resume is not None and not Path(resume).expanduser().is_file():
         path, checkpoint = last_checkpoint(resume)  # read while choosing it
@@ -153,4 +155,7 @@ def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
     if isinstance(model, DictConfig):
         model = OmegaConf.to_container(model, resolve=True)
     check_architecture(checkpoint, model, path)
+    if run_dir_of(path) is not None:
+        remove_stale_temporaries(path.parent)
+    log.info("Continuing from %s (global step %s)", path, checkpoint.get("global_step"))
     return path

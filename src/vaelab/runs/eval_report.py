@@ -85,7 +85,7 @@ def write_tensorboard(
 ) -> None:
     """Scalars under ``eval/``, per-dimension values as series over the dimension index, the
     figures and the sample grid, into a TensorBoard event file in ``folder``."""
-    from torch.utils.tensorboard import SummaryWriter
+    from vaelab.lit.loggers import SummaryWriter
 
     with SummaryWriter(log_dir=str(folder)) as writer:
         for name, value in scalars(metrics).items():

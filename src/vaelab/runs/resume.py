@@ -6,6 +6,12 @@ model, data and paths are the run's, and arguments given now still win), Hydra's
 becomes ``<run_dir>`` (so checkpoints, TensorBoard and metrics.json continue there), and
 Hydra's record of this invocation goes to ``<run_dir>/.hydra/resume-NNN/`` (so the original
 ``.hydra/`` files are kept). Hand-written because Hydra has no notion of resuming a run.
+
+A sweep is continued by running it again in its sweep dir: ``python train.py -m <the same
+arguments> hydra.sweep.dir=<sweep_dir>``, or ``python train.py resume=<sweep_dir>``, which is
+rewritten to that command from the sweep's ``multirun.yaml``. Each job then skips, resumes or
+runs itself (``vaelab.runs.sweep.continue_job``); here it is only checked that the arguments
+are the sweep's, so that job N is the same job as before.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from vaelab.errors import VaelabError
 from vaelab.runs.checkpoints import run_dir_of
 
 RESUME_KEYS = ("resume", "ckpt_path")
+SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into every sweep dir
 MULTIRUN_FLAGS = ("-m", "--multirun")
 _HYDRA_SAFE = re.compile(r"[\w./\-~:+@]+")
 
@@ -62,17 +69,79 @@ def resume_target(args: list[str]) -> tuple[str, Path] | None:
     return None
 
 
+def _is_hydra(override: str) -> bool:
+    key = _key(override) or ""
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def task_overrides(args: list[str]) -> list[str]:
+    """The overrides of ``args`` that configure the task (not Hydra, not resume=/ckpt_path=),
+    in their order: what Hydra records as a sweep's ``hydra.overrides.task``."""
+    return [
+        a for a in args if _key(a) is not None and not _is_hydra(a) and _key(a) not in RESUME_KEYS
+    ]
+
+
+def saved_sweep(sweep_dir: Path) -> tuple[list[str], list[str]]:
+    """The task and Hydra overrides a sweep was started with (its ``multirun.yaml``)."""
+    record = yaml.safe_load((sweep_dir / SWEEP_RECORD).read_text()) or {}
+    overrides = (record.get("hydra") or {}).get("overrides") or {}
+    return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
+
+
+def sweep_argv(argv: list[str], sweep_dir: Path) -> list[str]:
+    """``python train.py resume=<sweep_dir>`` as the command that continues the sweep: its
+    arguments and Hydra settings (the launcher, ...) from its ``multirun.yaml``, ``-m`` and
+    ``hydra.sweep.dir=<sweep_dir>``; Hydra settings given now win (a task argument given now
+    would change the sweep, and is refused by ``check_sweep_dir``)."""
+    task, hydra = saved_sweep(sweep_dir)
+    rest = [a for a in argv[1:] if _key(a) not in RESUME_KEYS and a not in MULTIRUN_FLAGS]
+    given = {_key(a) for a in rest}
+    kept = [o for o in hydra if _key(o) not in {*given, "hydra.sweep.dir", "hydra.mode"}]
+    new = [argv[0], "-m", *task, *kept, *rest]
+    return [*new, f"hydra.sweep.dir={hydra_quote(str(sweep_dir.resolve()))}"]
+
+
+def check_sweep_dir(argv: list[str]) -> None:
+    """A multirun given the ``hydra.sweep.dir`` of an earlier sweep continues it, so its
+    arguments must be the earlier sweep's (job N is then the same job); else one error."""
+    given = [a for a in argv[1:] if _key(a) == "hydra.sweep.dir"]
+    if not given:
+        return
+    value = OverridesParser.create().parse_override(given[-1]).value()
+    sweep_dir = Path(str(value)).expanduser()
+    if not (sweep_dir / SWEEP_RECORD).is_file():
+        return
+    before, now = saved_sweep(sweep_dir)[0], task_overrides(argv[1:])
+    if now != before:
+        raise VaelabError(
+            f"hydra.sweep.dir={sweep_dir} holds a sweep of other arguments, so its job numbers "
+            f"would mean other jobs (it ran with: {' '.join(before) or 'none'}; now: "
+            f"{' '.join(now) or 'none'}); continue it with its own arguments (python train.py "
+            f"resume={hydra_quote(str(sweep_dir))}), or give a new hydra.sweep.dir"
+        )
+
+
 def resume_argv(argv: list[str]) -> list[str]:
-    """``argv`` rewritten to continue the run that resume=/ckpt_path= points into; unchanged
-    when neither is given or the checkpoint lies outside a run dir (a new run starts)."""
+    """``argv`` rewritten to continue the run that resume=/ckpt_path= points into, or the
+    sweep of resume=<sweep_dir>; unchanged when neither is given or the checkpoint lies
+    outside a run dir (a new run starts). A sweep dir given to a multirun is checked."""
+    argv = _resume_argv(argv)
+    check_sweep_dir(argv)
+    return argv
+
+
+def _resume_argv(argv: list[str]) -> list[str]:
     target = resume_target(argv[1:])
     if target is None:
         return argv
     key, path = target
+    if key == "resume" and (path / SWEEP_RECORD).is_file():
+        return sweep_argv(argv, path)
     if any(arg in MULTIRUN_FLAGS for arg in argv[1:]):
         raise VaelabError(
-            f"{key}= continues one run; drop -m/--multirun (to resume a job of a sweep, "
-            "pass its folder: resume=<sweep_dir>/<job_number>)"
+            f"{key}= continues one run; drop -m/--multirun (to continue a sweep, pass its "
+            "folder: resume=<sweep_dir>)"
         )
     if key == "resume":
         if not path.exists():

@@ -1,6 +1,8 @@
 """Hydra callback that summarises a multirun: one row per job, metrics against each swept
 parameter, as CSV, Markdown and a figure in the sweep dir. A job that fails writes
-``error.txt`` into its dir instead of ``metrics.json``; the summary lists it with its error."""
+``error.txt`` into its dir instead of ``metrics.json``; the summary lists it with its error.
+A job started again in its dir (the sweep run again, or resubmitted after a preemption)
+continues what its earlier attempt left (``continue_job``)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import traceback
 from pathlib import Path
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from vaelab.evaluation.plotting import save_figure, sweep_figure
+from vaelab.runs.checkpoints import CHECKPOINT_DIR
 from vaelab.runs.tensorboard import write_sweep_experiment
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ METRICS = (
     "fit_seconds",
 )
 ERROR_FILE = "error.txt"
+METRICS_FILE = "metrics.json"  # written by a job that finished (vaelab.runs.report)
 # what the last summary of this process found failed, for the exit status of train.py
 _last_failures: list[str] = []
 
@@ -43,6 +49,31 @@ def record_failed_job(job_dir: Path, err: BaseException) -> Path:
     path = job_dir / ERROR_FILE
     path.write_text(text)
     return path
+
+
+def continue_job(cfg: DictConfig) -> dict | None:
+    """For a job of a multirun whose dir holds an earlier attempt of it (the same sweep run
+    again with its ``hydra.sweep.dir``, or the job resubmitted by a launcher after a
+    preemption): the earlier metrics when that attempt finished (``metrics.json``; the job is
+    skipped, and returns them); else None, with ``cfg.resume`` set to the job dir when the
+    attempt left checkpoints (the job continues from its newest that loads) and the attempt's
+    ``error.txt`` removed. One line says which. Nothing for a single run or a new job dir.
+
+    In the job, not the launcher, so that it works the same under any launcher."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    job_dir = Path(cfg.paths.output_dir)
+    job = f"Job {HydraConfig.get().job.num} ({job_dir})"
+    if (job_dir / METRICS_FILE).is_file():
+        log.info("%s finished before: skipped (its %s kept)", job, METRICS_FILE)
+        return json.loads((job_dir / METRICS_FILE).read_text())
+    (job_dir / ERROR_FILE).unlink(missing_ok=True)  # this attempt decides
+    chosen = cfg.get("resume") is not None or cfg.get("ckpt_path") is not None
+    if not chosen and any((job_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+        log.info("%s stopped before it finished: resuming from its checkpoints", job)
+        with open_dict(cfg):
+            cfg.resume = str(job_dir)
+    return None
 
 
 def job_error(job_dir: Path) -> str:
@@ -65,7 +96,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
         job_dir = overrides_file.parent.parent
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         params = dict(o.split("=", 1) for o in overrides if "=" in o)
-        metrics_file = job_dir / "metrics.json"
+        metrics_file = job_dir / METRICS_FILE
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         rows.append(
             {

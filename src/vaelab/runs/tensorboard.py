@@ -136,8 +136,9 @@ def write_sweep_experiment(sweep_dir: Path, swept: list[str]) -> None:
     (the swept keys marked as differing, which HPARAMS sorts first and shows by default, then
     the main settings) and the final figures, with their types from the first job's config."""
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-    from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
+
+    from vaelab.lit.loggers import SummaryWriter
 
     events = sweep_dir / "tensorboard"
     configs = sorted(sweep_dir.glob("*/.hydra/config.yaml"))

@@ -23,6 +23,7 @@ from vaelab.runs.cli import quiet_known_messages
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
 from vaelab.runs.report import print_summary, write_metrics
+from vaelab.runs.sweep import continue_job
 from vaelab.runs.tensorboard import log_run_hparams
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model described by ``cfg``, test its best checkpoint, return the metrics.
 
-    Bad config values, a missing or foreign checkpoint and missing data files raise
-    ``VaelabError`` before any model is built; SIGINT/SIGTERM raise ``TrainingInterrupted``
-    after saving the training state."""
+    A job of a sweep whose earlier attempt finished returns that attempt's metrics; one that
+    stopped continues from its checkpoints (``continue_job``). Bad config values, a missing
+    or foreign checkpoint and missing data files raise ``VaelabError`` before any model is
+    built; SIGINT/SIGTERM raise ``TrainingInterrupted`` after saving the training state."""
     check_config(cfg)
+    earlier = continue_job(cfg)
+    if earlier is not None:
+        return earlier
     resume_from = checkpoint_to_resume(cfg)
     with runtime_settings(cfg):
         return fit_and_test(cfg, resume_from)
