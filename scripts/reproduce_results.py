@@ -106,8 +106,8 @@ def shown(path: Path) -> str:
 def near_root(path: Path) -> str:
     """``path`` relative to the repository root when it lies in the root's parent folder
     (``../shared/data``), so the report's commands read the same from any clone; else the
-    absolute path."""
-    resolved = path.resolve()
+    absolute path. Links are kept as given (``../shared`` may be a link to elsewhere)."""
+    resolved = Path(os.path.abspath(path))
     if not resolved.is_relative_to(ROOT.parent):
         return str(resolved)
     return os.path.relpath(resolved, ROOT)
