@@ -69,3 +69,13 @@ def test_single_process_batches_are_full_but_the_last():
 def test_bad_rank_is_refused():
     with pytest.raises(ValueError, match="rank 2 is not in"):
         ShardedBatches(10, 4, False, rank=2, num_replicas=2)
+
+
+def test_an_evaluation_sampler_leaves_the_global_generator_alone():
+    # figures and metrics build evaluation loaders at various times: they must not shift the
+    # random draws of training
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ShardedBatches(100, 10, shuffle=False)
+    assert torch.equal(torch.rand(3), expected)

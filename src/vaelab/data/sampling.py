@@ -51,8 +51,11 @@ class ShardedBatches(Sampler[torch.Tensor]):
         self.num_items = num_items
         self.batch_size = batch_size
         self.shuffle = shuffle
-        # unseeded single-process use: draw the seed from torch's global generator
-        self.seed = int(torch.randint(2**31 - 1, ())) if seed is None else int(seed)
+        # unseeded shuffling: a seed from torch's global generator (evaluation order needs
+        # none, so building an evaluation loader leaves the global generator as it was)
+        if seed is None:
+            seed = int(torch.randint(2**31 - 1, ())) if shuffle else 0
+        self.seed = int(seed)
         self.rank = rank
         self.num_replicas = num_replicas
         self.epoch = 0
