@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from reference_vae import ReferenceMNIST, ReferenceVAE, reference_loss
+from reference_vae import ReferenceMNIST, ReferenceVAE, test_epoch, train_epoch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---- (a) the reference script (scripts/reference_vae.py) ------------------------------
 def run_reference(train, test, epochs: int, seed: int, device: str = "cpu") -> dict:
-    """The reference's training loop (scripts/reference_vae.py, without its prints and image
+    """The reference script's loops (scripts/reference_vae.py, without its prints and image
     files), timed per epoch; on ``device`` (cuda: batches from pinned memory)."""
     torch.manual_seed(seed)
     device = torch.device(device)
@@ -63,33 +63,20 @@ def run_reference(train, test, epochs: int, seed: int, device: str = "cpu") -> d
     loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2, pin_memory=pin)
     test_loader = DataLoader(test, batch_size=128, shuffle=False, num_workers=2, pin_memory=pin)
     epoch_seconds, test_seconds = [], []
-    for _ in range(epochs):
-        model.train()
+    for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        for x, _ in loader:
-            x = x.to(device)
-            recon, mu, logvar = model(x)
-            loss = reference_loss(recon, x, mu, logvar)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+        train_epoch(model, optimizer, loader, epoch, device, log_interval=None)
         if pin:
             torch.cuda.synchronize()
         epoch_seconds.append(time.perf_counter() - start)
-        model.eval()
-        start, total = time.perf_counter(), 0.0
-        with torch.no_grad():
-            for x, _ in test_loader:
-                x = x.to(device)
-                recon, mu, logvar = model(x)
-                total += reference_loss(recon, x, mu, logvar).item() * len(x)
+        start = time.perf_counter()
+        test_loss = test_epoch(model, test_loader, epoch, None, device)
         test_seconds.append(time.perf_counter() - start)
     return {
         "train_samples_per_sec": len(train) * epochs / sum(epoch_seconds),
         "epoch_seconds": epoch_seconds,
         "test_images_per_sec": len(test) / statistics.median(test_seconds),
-        "test_loss": total / len(test),
+        "test_loss": test_loss,
     }
 
 

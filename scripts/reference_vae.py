@@ -99,7 +99,9 @@ def save_grid(images: torch.Tensor, nrow: int, path: Path) -> None:
     Image.fromarray((grid * 255).round().byte().numpy(), mode="L").save(path)
 
 
-def train_epoch(model, optimizer, loader, epoch: int, device, log_interval: int = 10) -> float:
+def train_epoch(model, optimizer, loader, epoch: int, device, log_interval: int | None = 10):
+    """One epoch of training; the mean loss (nats per image). Prints the batch's loss every
+    ``log_interval`` batches (None: never)."""
     model.train()
     total = 0.0
     for batch_idx, (x, _) in enumerate(loader):
@@ -111,13 +113,15 @@ def train_epoch(model, optimizer, loader, epoch: int, device, log_interval: int 
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         total += loss.item() * len(x)
-        if batch_idx % log_interval == 0:
+        if log_interval and batch_idx % log_interval == 0:
             print(f"Train Epoch: {epoch} [{batch_idx * len(x)}/{len(loader.dataset)}]"
                   f"\tLoss: {loss.item():.6f}")  # fmt: skip
     return total / len(loader.dataset)
 
 
-def test_epoch(model, loader, epoch: int, out: Path, device) -> float:
+def test_epoch(model, loader, epoch: int, out: Path | None, device) -> float:
+    """The mean loss (nats per image) over ``loader``; saves the first batch's
+    reconstructions into ``out`` (None: not)."""
     model.eval()
     total = 0.0
     with torch.no_grad():
@@ -125,7 +129,7 @@ def test_epoch(model, loader, epoch: int, out: Path, device) -> float:
             x = x.to(device)
             recon, mu, logvar = model(x)
             total += reference_loss(recon, x, mu, logvar).item() * len(x)
-            if i == 0:
+            if i == 0 and out is not None:
                 n = min(len(x), 8)
                 comparison = torch.cat([x[:n].view(n, 784), recon[:n]]).cpu()
                 save_grid(comparison, n, out / f"reconstruction_{epoch}.png")
