@@ -31,6 +31,15 @@ BAD_VALUES = [
     ("model.hidden_dims=[]", "model.hidden_dims=[] must be a non-empty list of integers >= 1"),
     ("model.hidden_dims=256", "model.hidden_dims=256 must be a non-empty list of integers >= 1"),
     ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
+    (
+        "callbacks.figures.every_n_epochs=0",
+        "callbacks.figures.every_n_epochs=0 must be an integer >= 1",
+    ),
+    (
+        "callbacks.stop_on_nonfinite_loss.check_every_n_steps=0",
+        "callbacks.stop_on_nonfinite_loss.check_every_n_steps=0 must be null "
+        "(trainer.log_every_n_steps) or an integer >= 1",
+    ),
     ("data.eval_batch_size=-5", "data.eval_batch_size=-5 must be an integer >= 1"),
     ("model.optimizer.lr=0", "model.optimizer.lr=0 must be a finite number > 0"),
     ("model.optimizer.lr=-1e-3", "model.optimizer.lr=-0.001 must be a finite number > 0"),

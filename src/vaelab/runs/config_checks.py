@@ -139,6 +139,12 @@ RULES: tuple[Rule, ...] = (
     Rule("model.kl_cycles", int_at_least(1), "an integer >= 1"),
     Rule("model.kl_cycle_ratio", fraction, "a number in (0, 1] (rising part of each cycle)"),
     Rule("model.free_bits", number_at_least(0), "a finite number >= 0 (nats per latent dimension)"),
+    Rule("callbacks.figures.every_n_epochs", int_at_least(1), "an integer >= 1"),
+    Rule(
+        "callbacks.stop_on_nonfinite_loss.check_every_n_steps",
+        lambda v: v is None or int_at_least(1)(v),
+        "null (trainer.log_every_n_steps) or an integer >= 1",
+    ),
 )
 
 
