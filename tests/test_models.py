@@ -1,10 +1,12 @@
 """The VAE nn.Module: shapes, ranges, configurability, no Lightning."""
 
+import math
 import subprocess
 import sys
 
 import torch
 
+from vaelab.science.distributions import DiagonalGaussian
 from vaelab.science.variants.vae import VAE
 
 
@@ -26,20 +28,20 @@ def test_default_architecture_is_784_256_256_32():
 def test_forward_shapes_and_decode_range():
     net = VAE(hidden_dims=[64, 32], latent_dim=4)
     x = torch.rand(7, 1, 28, 28)
-    out = net(x)
-    assert out.logits.shape == (7, 1, 28, 28)
-    assert out.mu.shape == out.logvar.shape == out.z.shape == (7, 4)
-    images = net.decode(out.z)
+    parts = net(x)  # the ELBO's terms, one draw per image
+    assert parts.recon.shape == parts.kl.shape == (7,)
+    assert net.decode_logits({"z": torch.zeros(7, 4)}).shape == (7, 1, 28, 28)
+    mean = parts.posterior.mean
+    assert list(mean) == ["z"] and mean["z"].shape == (7, 4)
+    images = net.decode(mean)
     assert images.shape == (7, 1, 28, 28)
     assert images.min() >= 0 and images.max() <= 1
 
 
-def test_reparameterize_uses_mu_and_sigma():
-    mu, logvar = (
-        torch.full((20000, 1), 3.0),
-        torch.full((20000, 1), 2 * torch.log(torch.tensor(0.5))),
-    )
-    z = VAE.reparameterize(mu, logvar)
+def test_gaussian_draws_use_mu_and_sigma():
+    mu, logvar = torch.full((1, 1), 3.0), torch.full((1, 1), 2 * math.log(0.5))
+    z, log_q = DiagonalGaussian(mu, logvar).rsample(20000, torch.Generator().manual_seed(0))
+    assert z.shape == (1, 20000, 1) and log_q.shape == (1, 20000)
     assert abs(z.mean().item() - 3.0) < 0.02
     assert abs(z.std().item() - 0.5) < 0.02
 

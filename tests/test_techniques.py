@@ -63,9 +63,9 @@ def test_free_bits_objective_in_the_module():
     torch.manual_seed(1)
     loss, terms = model.objective(x)
     torch.manual_seed(1)
-    out = model.net(x)
-    torch.testing.assert_close(terms.kl, kl_divergence(out.mu, out.logvar))
-    expected = terms.recon.mean() + free_bits_kl(kl_per_dimension(out.mu, out.logvar), 5.0)
+    q = model.net(x).posterior.gaussian
+    torch.testing.assert_close(terms.kl, kl_divergence(q.mu, q.logvar))
+    expected = terms.recon.mean() + free_bits_kl(kl_per_dimension(q.mu, q.logvar), 5.0)
     torch.testing.assert_close(loss, expected)
     assert expected.item() > (terms.recon + terms.kl).mean().item()  # KL below 5 nats/dim
 
@@ -74,15 +74,15 @@ def test_iwae_with_one_sample_is_the_single_sample_elbo():
     torch.manual_seed(2)
     net, x = VAE(hidden_dims=[32], latent_dim=4), torch.rand(6, 1, 28, 28)
     mu, logvar = net.encode(x)
-    log_w = net.log_importance_weights(x, 1, (mu, logvar), torch.Generator().manual_seed(0))
+    log_w = net.log_importance_weights(x, 1, generator=torch.Generator().manual_seed(0))
     # the same draw by hand
     eps = torch.randn(6, 1, 4, generator=torch.Generator().manual_seed(0))
     z = (mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps)[:, 0]
-    recon = -get_likelihood("bernoulli").log_prob(net.decode_logits(z), x)
+    recon = -get_likelihood("bernoulli").log_prob(net.decode_logits({"z": z}), x)
     mc_kl = log_normal(z, mu, logvar) - log_standard_normal(z)
     torch.testing.assert_close(iwae_bound(log_w), -(recon + mc_kl))
     # and the Monte Carlo KL averages to the analytic one
-    many = net.reparameterize(mu.expand(20000, -1, -1), logvar.expand(20000, -1, -1))
+    many = mu + torch.exp(0.5 * logvar) * torch.randn(20000, *mu.shape)
     mc = (log_normal(many, mu, logvar) - log_standard_normal(many)).mean(0)
     torch.testing.assert_close(mc, kl_divergence(mu, logvar), rtol=0.05, atol=0.05)
 
@@ -109,7 +109,8 @@ def test_iwae_objective_trains_and_tightens_with_k():
 def test_conv_vae_and_batch_norm_shapes():
     net = VAE([1, 28, 28], [8, 16], latent_dim=5, architecture="conv", batch_norm=True)
     out = net(torch.rand(3, 1, 28, 28))
-    assert out.logits.shape == (3, 1, 28, 28) and out.mu.shape == (3, 5)
+    assert net.decode_logits(out.posterior.mean).shape == (3, 1, 28, 28)
+    assert out.posterior.mean["z"].shape == (3, 5)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     mlp = VAE([1, 28, 28], [64, 32, 16], 4, batch_norm=True)
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp.modules()) == 6

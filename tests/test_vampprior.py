@@ -13,7 +13,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from vaelab.evaluation.metrics import iwae_log_likelihood
 from vaelab.lit.module import VAELitModule
 from vaelab.science.bounds import log_normal
-from vaelab.science.variants.vampprior import VampPrior
+from vaelab.science.variants.vampprior import MixturePrior, VampPrior
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -35,7 +35,25 @@ def test_log_prior_is_the_mixture_of_the_pseudo_inputs_posteriors():
     net = small()
     net.pseudo_inputs.data.uniform_(0, 1)  # spread components
     z = torch.randn(4, 5, 3, dtype=torch.float64) * 2
-    torch.testing.assert_close(net.log_prior(z), mixture(net).log_prob(z))
+    torch.testing.assert_close(net.prior().log_prob({"z": z})["z"], mixture(net).log_prob(z))
+
+
+@pytest.mark.parametrize(("low", "high", "tolerance"), [(-8.0, -5.0, 3e-4), (-10.0, -8.0, 3e-4)])
+def test_log_prior_stays_accurate_in_float32_for_narrow_components(low, high, tolerance):
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(50, 16, generator=gen, dtype=torch.float64)
+    logvar = low + (high - low) * torch.rand(50, 16, generator=gen, dtype=torch.float64)
+    # points near the components, where the density is high and the terms cancel most
+    z = mu[torch.randint(50, (400,), generator=gen)] + 0.02 * torch.randn(400, 16, generator=gen)
+    reference = MixturePrior(mu, logvar).log_prob({"z": z})["z"]
+    expected = MixtureSameFamily(
+        Categorical(logits=torch.zeros(50, dtype=torch.float64)),
+        Independent(Normal(mu, torch.exp(0.5 * logvar)), 1),
+    ).log_prob(z)
+    torch.testing.assert_close(reference, expected)
+    single = MixturePrior(mu.float(), logvar.float()).log_prob({"z": z.float()})["z"]
+    assert single.dtype == torch.float32
+    assert float((single.double() - expected).abs().max()) < tolerance
 
 
 def test_pseudo_inputs_are_learned_images_in_the_unit_interval():
@@ -54,20 +72,24 @@ def test_pseudo_inputs_are_learned_images_in_the_unit_interval():
 def test_monte_carlo_kl_averages_to_the_expected_log_ratio():
     net = small()
     net.pseudo_inputs.data.uniform_(0, 1)
-    mu, logvar = torch.zeros(1, 3, dtype=torch.float64), torch.full((1, 3), -1.0).double()
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(40000, 3, dtype=torch.float64)
-    expected = (log_normal(z, mu, logvar) - mixture(net).log_prob(z)).mean()
-    many = net.kl(mu, logvar, z.view(1, -1, 3))  # [B, S, D]: averaged over S
-    torch.testing.assert_close(many, expected.view(1))
-    one = net.kl(mu.expand(5, 3), logvar.expand(5, 3), z[:5])  # one draw each
-    torch.testing.assert_close(one, log_normal(z[:5], mu, logvar) - net.log_prior(z[:5]))
-    assert net.kl_per_dimension(mu, logvar) is None
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    parts = net.elbo(x, 40000, torch.Generator().manual_seed(0))
+    assert not parts.closed_form and parts.kl_per_dimension() is None
+    q = parts.posterior.gaussian.to_torch()
+    z = q.sample((40000,))
+    expected = (q.log_prob(z) - mixture(net).log_prob(z)).mean(0)  # [B]
+    torch.testing.assert_close(parts.kl, expected, rtol=0, atol=0.03)
+    one = net.elbo(x, None, torch.Generator().manual_seed(1))  # one draw each, by hand
+    eps = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mu, logvar = net.encode(x)
+    z1 = mu + torch.exp(0.5 * logvar) * eps
+    torch.testing.assert_close(one.kl, log_normal(z1, mu, logvar) - mixture(net).log_prob(z1))
 
 
 def test_samples_come_from_the_mixture():
     net = small()
     net.pseudo_inputs.data.uniform_(0, 1)
-    z = net.sample_prior(50000, torch.Generator().manual_seed(0)).double()
+    z = net.prior().sample(50000, torch.Generator().manual_seed(0))["z"]
     prior = mixture(net)
     torch.testing.assert_close(z.mean(0), prior.mean, rtol=0, atol=0.03)
     torch.testing.assert_close(z.var(0), prior.variance, rtol=0.05, atol=0.01)
@@ -81,7 +103,7 @@ def test_nll_uses_the_mixture_prior():
     mu, logvar = net.encode(x)
     eps = torch.randn(3, k, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps
-    logits = net.decode_logits(z.flatten(0, 1)).view(3, k, -1)
+    logits = net.decode_logits({"z": z.flatten(0, 1)}).view(3, k, -1)
     log_px_z = torch.distributions.Bernoulli(logits=logits).log_prob(x.flatten(1).unsqueeze(1))
     log_q = Normal(mu.unsqueeze(1), torch.exp(0.5 * logvar).unsqueeze(1)).log_prob(z).sum(-1)
     log_w = log_px_z.sum(-1) + mixture(net).log_prob(z) - log_q

@@ -2,7 +2,7 @@
 validation, at the end of training and by eval.py), the importance-sampled likelihood, and pure
 functions of tensors. Log-likelihoods and losses are in nats per image.
 
-A network passed here has the interface of ``vaelab.science.variants.vae.VAE``.
+A network passed here has the interface of ``vaelab.science.variants.base.LatentVariableModel``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-
-from vaelab.science.bounds import ElboTerms, posterior_samples
 
 # Burda et al. 2015: unit u is active when Var_x(E_q[z_u|x]) exceeds this
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -161,26 +159,28 @@ def iwae_log_likelihood(
 
         log p(x) ~= logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)],  z_k ~ q(z|x),
 
-    with the network's own prior and likelihood (``net.log_importance_weights``). It is a
-    lower bound in expectation that tightens as k grows, and equals log p(x) for any k when q
-    is the exact posterior. x [B, *shape] is encoded once; the B*k samples are decoded
-    ``max_rows`` at a time (several images per chunk when k is small, a slice of one image's
-    samples when k is large), with a running logsumexp over chunks, so memory is
-    O(max_rows * pixels) whatever B and k.
+    with the network's own posterior, prior and likelihood (``net.log_importance_weights``).
+    It is a lower bound in expectation that tightens as k grows, and equals log p(x) for any k
+    when q is the exact posterior. The prior is built once, each image encoded once; the B*k
+    samples are decoded ``max_rows`` at a time (several images per chunk when k is small, a
+    slice of one image's samples when k is large), with a running logsumexp over chunks, so
+    memory is O(max_rows * pixels) whatever B and k.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    mu, logvar = net.encode(x)
-    _reuse_freed_memory(mu.device)
+    _reuse_freed_memory(x.device)
+    prior = net.prior()
     k_chunk = min(k, max_rows)
     b_chunk = max(1, max_rows // k_chunk)
     out = []
     for i in range(0, len(x), b_chunk):
-        xi, mui, lvi = x[i : i + b_chunk], mu[i : i + b_chunk], logvar[i : i + b_chunk]
-        total = torch.full((len(xi),), -math.inf, device=mu.device, dtype=mu.dtype)
+        xi = x[i : i + b_chunk]
+        q = net.posterior(xi)
+        total = None
         for j in range(0, k, k_chunk):
-            log_w = net.log_importance_weights(xi, min(k_chunk, k - j), (mui, lvi), generator)
-            total = torch.logaddexp(total, torch.logsumexp(log_w, dim=1))
+            log_w = net.log_importance_weights(xi, min(k_chunk, k - j), q, prior, generator)
+            chunk = torch.logsumexp(log_w, dim=1)
+            total = chunk if total is None else torch.logaddexp(total, chunk)
         out.append(total - math.log(k))
     return torch.cat(out)
 
@@ -227,23 +227,6 @@ def dataset_log_likelihood(
             return torch.cat(list(pool.map(batch, starts)))
     finally:
         torch.set_num_threads(threads)
-
-
-def elbo_terms_averaged(
-    net,
-    x: Tensor,
-    samples: int = 1,
-    beta: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> ElboTerms:
-    """Negative beta-ELBO per image with both terms averaged over ``samples`` draws of
-    z ~ q(z|x) (a closed-form KL ignores them): ElboTerms(loss, recon, kl), each [B] nats.
-    recon = -mean_s log p(x|z_s); with beta=1, -loss is the ELBO."""
-    mu, logvar = net.encode(x)
-    z, _ = posterior_samples(mu, logvar, samples, generator)
-    recon = -net.log_px_given_z(z, x).mean(1)
-    kl = net.kl(mu, logvar, z)
-    return ElboTerms(recon + beta * kl, recon, kl)
 
 
 def class_histogram(probs: Tensor) -> Tensor:

@@ -18,7 +18,6 @@ from vaelab.evaluation.metrics import (
     ElboMeans,
     LatentStats,
     NegativeLogLikelihood,
-    elbo_terms_averaged,
 )
 from vaelab.evaluation.plotting import (
     bar_figure,
@@ -28,6 +27,8 @@ from vaelab.evaluation.plotting import (
     save_figure,
     training_curves_figure,
 )
+from vaelab.science.bounds import ElboTerms
+from vaelab.science.distributions import flatten, unflatten
 from vaelab.science.latent import encode_dataset, interpolate, project_2d
 
 
@@ -111,9 +112,9 @@ class VAEFigures(L.Callback):
         # the same draws of the prior every epoch, so that epochs compare
         generator = torch.Generator().manual_seed(self.seed)
         x = fixed["recon"]
-        recon = net.decode(net.encode(x)[0])
-        mu_pair, _ = net.encode(fixed["pair"])
-        path = interpolate(mu_pair[0], mu_pair[1], self.interpolation_steps)
+        recon = net.decode(net.posterior(x).mean)
+        pair = flatten(net.posterior(fixed["pair"]).mean)
+        path = unflatten(interpolate(pair[0], pair[1], self.interpolation_steps), net.latent_sizes)
         mu, labels = encode_dataset(net, _val_loader(trainer), self.max_latent_points)
         nrow = math.ceil(math.sqrt(self.num_samples))
         return {
@@ -125,7 +126,7 @@ class VAEFigures(L.Callback):
         }
 
     def _latent_figure(self, out: dict, pl_module: L.LightningModule, epoch: int):
-        how = "latent dims 0-1" if pl_module.net.latent_dim <= 2 else "PCA of mu"
+        how = "latent dims 0-1" if pl_module.net.latent_dim <= 2 else "PCA of q's means"
         return latent_space_figure(
             out["latent_points"], out["latent_labels"], f"Latent space ({how}), epoch {epoch}"
         )
@@ -165,8 +166,9 @@ class VAEFigures(L.Callback):
         x, y = torch.cat(images), torch.cat(labels)
         was_training = pl_module.training
         pl_module.eval()
+        net = pl_module.net
         mu = torch.cat(
-            [pl_module.net.encode(b.to(pl_module.device))[0].cpu() for b in x.split(1000)]
+            [flatten(net.posterior(b.to(pl_module.device)).mean).cpu() for b in x.split(1000)]
         )
         pl_module.train(was_training)
         mu = torch.nn.functional.pad(mu.float(), (0, max(0, 3 - mu.shape[1])))
@@ -375,13 +377,16 @@ class EvaluationMetrics(L.Callback):
                 return
         before, self._seen = self._seen, self._seen + len(x)
         net = pl_module.net
-        mu, logvar = net.encode(x)
-        self._latent.update(mu, net.kl_per_dimension(mu, logvar))
         if self.elbo_samples > 0:
+            parts = net.elbo(x, self.elbo_samples, self._generator)
+            self._latent.update(flatten(parts.posterior.mean), parts.kl_per_dimension())
             beta = pl_module.hparams.beta
-            terms = elbo_terms_averaged(net, x, self.elbo_samples, beta, self._generator)
+            terms = ElboTerms(parts.recon + beta * parts.kl, parts.recon, parts.kl)
             self._elbo.update(torch.stack(terms))
             self._per_class.update(terms.recon, y)
+        else:
+            q = net.posterior(x)
+            self._latent.update(flatten(q.mean), net.kl_per_dimension(q))
         nll_x = x if self.nll_images is None else x[: max(0, self.nll_images - before)]
         if self.nll_k > 0 and len(nll_x):
             seed = (self.seed * 7919 + batch_idx) * 131 + trainer.global_rank

@@ -13,6 +13,7 @@ from torch import nn
 from vaelab.errors import VaelabError
 from vaelab.evaluation.metrics import ElboMeans, LatentStats
 from vaelab.science.bounds import ElboTerms, free_bits_kl, iwae_bound
+from vaelab.science.distributions import flatten
 from vaelab.science.schedules import kl_weight
 
 SPLITS = ("train", "val", "test")
@@ -84,14 +85,43 @@ class VAELitModule(L.LightningModule):
         self.epoch_means["train_means"].persistent(True)
         self.latent_stats = LatentStats(self.net.latent_dim)
         self.latest_train_terms: torch.Tensor | None = None
+        # every draw of z in training and validation: seeded in setup, saved in checkpoints
+        self.noise: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
 
     def elbo_terms(self, x: torch.Tensor) -> ElboTerms:
         """Per-image (loss, recon, kl) [B] for one batch, one z sample each."""
-        parts = self.net.elbo(x)
+        parts = self.net.elbo(x, generator=self.noise)
         return ElboTerms(parts.recon + self.hparams.beta * parts.kl, parts.recon, parts.kl)
+
+    def _seed_noise(self) -> None:
+        """The generator of z's draws, on the model's device, seeded from the run's seed
+        (``seed_everything``; one stream per rank) when first needed there."""
+        if self.noise is None or self.noise.device != self.device:
+            seed = (torch.initial_seed() + 7919 * self.global_rank) % 2**63
+            self.noise = torch.Generator(self.device).manual_seed(seed)
+
+    def on_validation_start(self) -> None:
+        self._seed_noise()
+
+    def on_test_start(self) -> None:
+        self._seed_noise()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.noise is not None:
+            checkpoint["noise_generator"] = self.noise.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._noise_state = checkpoint.get("noise_generator")
+
+    def on_fit_start(self) -> None:
+        self._seed_noise()
+        state = getattr(self, "_noise_state", None)
+        if state is not None:  # resumed: the draws continue where they stopped
+            self.noise.set_state(state.cpu())
+            self._noise_state = None
 
     def current_beta(self) -> float:
         """The KL weight at this optimizer step, from ``kl_schedule``."""
@@ -111,18 +141,19 @@ class VAELitModule(L.LightningModule):
         """(scalar to minimise, per-image ELBO terms to log) for one training batch."""
         hp, net = self.hparams, self.net
         if hp.objective == "iwae":
-            loss = -iwae_bound(net.log_importance_weights(x, hp.k)).mean()
+            log_w = net.log_importance_weights(x, hp.k, generator=self.noise)
+            loss = -iwae_bound(log_w).mean()
             with torch.no_grad():  # what is logged: the ELBO's terms, one z per image
                 terms = self.elbo_terms(x)
             return loss, terms
-        parts = net.elbo(x)
+        parts = net.elbo(x, generator=self.noise)
         terms = ElboTerms(parts.recon + hp.beta * parts.kl, parts.recon, parts.kl)
         if hp.free_bits > 0:
-            per_dim = net.kl_per_dimension(parts.mu, parts.logvar)
-            kl_term = (
-                free_bits_kl(per_dim, hp.free_bits)
-                if per_dim is not None  # else the whole KL, against free_bits per dimension
-                else free_bits_kl(parts.kl.unsqueeze(1), hp.free_bits * net.latent_dim)
+            # per latent dimension where the KL is in closed form, else each group's whole KL
+            # against free_bits times its size
+            kl_term = sum(
+                free_bits_kl(part, hp.free_bits * net.latent_sizes[group] / part.shape[1])
+                for group, part in parts.kl_parts.items()
             )
         else:
             kl_term = parts.kl.mean()
@@ -161,11 +192,11 @@ class VAELitModule(L.LightningModule):
 
     def _eval_step(self, batch, split: str) -> None:
         x, _ = batch
-        parts = self.net.elbo(x)
+        parts = self.net.elbo(x, generator=self.noise)
         terms = (parts.recon + self.hparams.beta * parts.kl, parts.recon, parts.kl)
         self.epoch_means[f"{split}_means"].update(torch.stack(terms))
         if split == "val":
-            self.latent_stats.update(parts.mu, self.net.kl_per_dimension(parts.mu, parts.logvar))
+            self.latent_stats.update(flatten(parts.posterior.mean), parts.kl_per_dimension())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

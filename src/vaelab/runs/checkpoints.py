@@ -6,6 +6,7 @@ containers only, so a checkpoint can never run code when it is loaded.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import pickle
 from collections.abc import Mapping
@@ -17,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import VaelabError
 from vaelab.lit.checkpoint_io import remove_stale_temporaries
+from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-# hyperparameters that fix the shapes of the weights: a mismatch cannot load
-ARCHITECTURE_KEYS = ("net", "architecture", "input_shape", "hidden_dims", "latent_dim")
+# the LightningModule's own arguments; the others are the network's (``net`` and its arguments)
+MODULE_ARGUMENTS = frozenset(inspect.signature(VAELitModule.__init__).parameters) - {"net"}
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
@@ -72,10 +74,22 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _net_shapes(net_args: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The parameter and buffer shapes of the network that ``net_args`` (``net`` and its
+    arguments) builds, built on the meta device (no memory, no initialisation cost)."""
+    args = dict(net_args)
+    target = args.pop("net", DEFAULT_NET)
+    with torch.device("meta"):
+        net = build_net(target, args)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
 def check_architecture(
     checkpoint: Mapping[str, Any], model_cfg: Mapping[str, Any], path: str | Path
 ) -> None:
-    """Raise when the config's model would not fit the checkpoint's weights; log the other
+    """Raise when the config's model would not fit the checkpoint's weights, naming every
+    argument whose value changes a weight's shape (found by building the network of each
+    change on the meta device, so any variant's arguments are covered); log the other
     hyperparameters that differ (beta, likelihood, ...: they load but change the objective)."""
     saved = checkpoint["hyper_parameters"]
     differ = {
@@ -83,7 +97,19 @@ def check_architecture(
         for key in saved
         if key in model_cfg and _plain(model_cfg[key]) != _plain(saved[key])
     }
-    shapes = [key for key in ARCHITECTURE_KEYS if key in differ]
+    saved_net = {k: _plain(v) for k, v in saved.items() if k not in MODULE_ARGUMENTS}
+    weights = {
+        k.removeprefix("net."): tuple(v.shape)
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
+    shapes = []
+    for key in (k for k in differ if k not in MODULE_ARGUMENTS):
+        try:
+            if _net_shapes({**saved_net, key: differ[key][0]}) != weights:
+                shapes.append(key)
+        except (VaelabError, TypeError, ValueError):
+            shapes.append(key)  # the checkpoint's network cannot take this value at all
     if shapes:
         pairs = ", ".join(
             f"model.{k}={differ[k][0]} but the checkpoint has {differ[k][1]}" for k in shapes

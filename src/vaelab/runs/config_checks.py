@@ -106,12 +106,21 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("model.latent_dim", int_at_least(1), "an integer >= 1"),
+    Rule(
+        "model.latent_dim",
+        lambda v: int_at_least(1)(v) or int_list_at_least(1)(v),
+        "an integer >= 1 (a list of them, one per stochastic layer, for model=hvae)",
+    ),
     Rule(
         "model.hidden_dims",
-        int_list_at_least(1),
-        "a non-empty list of integers >= 1, e.g. [256,256]",
+        lambda v: (
+            int_list_at_least(1)(v)
+            or (isinstance(v, list) and len(v) > 0 and all(int_list_at_least(1)(h) for h in v))
+        ),
+        "a non-empty list of integers >= 1, e.g. [256,256] (for model=hvae one list per "
+        "stochastic layer, e.g. [[200,200],[100,100]])",
     ),
+    Rule("model.activation", NamesFrom("vaelab.science.networks", "ACTIVATIONS")),
     Rule("model.beta", number_at_least(0), "a finite number >= 0"),
     Rule("model.likelihood", NamesFrom("vaelab.science.likelihoods", "LIKELIHOODS")),
     Rule("model.optimizer.lr", positive_number, "a finite number > 0"),

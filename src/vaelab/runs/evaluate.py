@@ -134,9 +134,7 @@ def sample_quality(model, classifier, real_x: torch.Tensor, train_x, num: int, g
     scale, the same distance between as many training images ``train_x`` and ``real_x``."""
     net = model.net
     device = next(net.parameters()).device
-    samples = torch.cat(
-        [net.decode(net.sample_prior(len(i), gen).to(device)).cpu() for i in _batches(num, 1000)]
-    )
+    samples = torch.cat([net.sample(len(i), gen).to(device).cpu() for i in _batches(num, 1000)])
     probs, fake = classify(classifier, samples)
     _, real = classify(classifier, real_x)
     _, train = classify(classifier, train_x[: len(real_x)])
@@ -187,6 +185,7 @@ def evaluate(cfg: DictConfig) -> dict:
         seed=int(cfg.seed),
     )
     trainer = evaluation_trainer(cfg, callback)
+    L.seed_everything(int(cfg.seed), verbose=False)  # the module's draws of z: repeatable
     start = time.perf_counter()
     trainer.test(model, datamodule=datamodule, verbose=False)
     seconds = {"test": time.perf_counter() - start}
@@ -196,6 +195,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "likelihood": model.net.likelihood.name,
         "beta": float(hp.beta),
         "latent_dim": int(model.net.latent_dim),
+        "latent_sizes": {g: int(d) for g, d in model.net.latent_sizes.items()},
         "data": {k: datamodule.hparams.get(k) for k in ("dataset", "binarize")},
         **callback.results,
     }

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from vaelab.errors import VaelabError
 from vaelab.evaluation.plotting import grid_figure, image_grid, save_figure
 from vaelab.runs.evaluate import load_data, load_model, resolve_device
+from vaelab.science.distributions import flatten, unflatten
 from vaelab.science.latent import interpolate
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,13 @@ def _check_indices(indices, n: int, name: str) -> list[int]:
 
 
 def traversal_grid(net, base_mu: torch.Tensor, dim: int, span: float, steps: int):
-    """Decoded z that equal each base mean [R, D] but for dimension ``dim``, which runs
-    from -span to +span in ``steps``: images [R * steps, *image], row by row."""
+    """Decoded z that equal each base point [R, D] (all latent groups side by side) but for
+    dimension ``dim``, which runs from -span to +span in ``steps``: images
+    [R * steps, *image], row by row."""
     values = torch.linspace(-span, span, steps, device=base_mu.device)
     z = base_mu.unsqueeze(1).repeat(1, steps, 1)
     z[:, :, dim] = values
-    return net.decode(z.flatten(0, 1))
+    return net.decode(unflatten(z.flatten(0, 1), net.latent_sizes))
 
 
 @torch.inference_mode()
@@ -56,8 +58,9 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
 
     a, b = _check_indices(cfg.interpolation.indices, len(test), "interpolation.indices")[:2]
     x, y = test[torch.tensor([a, b])]
-    mu, _ = net.encode(x.to(device))
-    path = net.decode(interpolate(mu[0], mu[1], int(cfg.interpolation.steps)))
+    mu = flatten(net.posterior(x.to(device)).mean)
+    steps = int(cfg.interpolation.steps)
+    path = net.decode(unflatten(interpolate(mu[0], mu[1], steps), net.latent_sizes))
     row = torch.cat([x[:1].to(device), path, x[1:].to(device)])
     title = (
         f"Test images {a} (digit {int(y[0])}) and {b} (digit {int(y[1])}): originals at the ends"
@@ -67,15 +70,15 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
     rows = _check_indices(cfg.traversal.indices, len(test), "traversal.indices")
     dim = cfg.traversal.dim
     if dim is None:  # the most informative dimension: largest mean KL over some test images
-        mu_all, logvar_all = net.encode(test[torch.arange(min(len(test), 1000))][0].to(device))
-        kl = net.kl_per_dimension(mu_all, logvar_all)
-        # without a factorized prior: the dimension whose posterior mean varies most
-        dim = int((kl.mean(0) if kl is not None else mu_all.var(0)).argmax())
+        q = net.posterior(test[torch.arange(min(len(test), 1000))][0].to(device))
+        kl = net.kl_per_dimension(q)
+        # without a KL per dimension: the dimension whose posterior point varies most
+        dim = int((kl.mean(0) if kl is not None else flatten(q.mean).var(0)).argmax())
     if not 0 <= int(dim) < net.latent_dim:
         raise VaelabError(
             f"traversal.dim={dim} must be between 0 and {net.latent_dim - 1} (the latent size)"
         )
-    base, _ = net.encode(test[torch.tensor(rows)][0].to(device))
+    base = flatten(net.posterior(test[torch.tensor(rows)][0].to(device)).mean)
     steps, span = int(cfg.traversal.steps), float(cfg.traversal.range)
     images = traversal_grid(net, base, int(dim), span, steps)
     title = f"Latent dimension {dim} from {-span:g} to {span:g}, one test image per row"

@@ -5,16 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vaelab.science.distributions import flatten
+
 
 @torch.no_grad()
 def encode_dataset(
     net: nn.Module, loader, max_items: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means mu [N, latent_dim] and labels [N] of the batches (x, y) of ``loader``."""
+    """The point summaries of q(z|x) (``q.mean``, all latent groups side by side)
+    [N, latent_dim] and labels [N] of the batches (x, y) of ``loader``."""
     mus, labels, seen = [], [], 0
     for x, y in loader:
         x = x.to(next(net.parameters()).device)
-        mu, _ = net.encode(x)
+        mu = flatten(net.posterior(x).mean)
         mus.append(mu.float().cpu())
         labels.append(y.cpu())
         seen += len(y)

@@ -10,17 +10,35 @@ from torch import nn
 from vaelab.errors import VaelabError
 
 ARCHITECTURES = ("mlp", "conv")
+# the hidden layers' nonlinearity (Burda et al. 2016 and Tomczak & Welling 2018 use tanh)
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def activation_layer(name: str) -> nn.Module:
+    """A new module of the activation called ``name`` (one of ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise VaelabError(f"model.activation={name!r} must be one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
 
 
 def mlp(
-    sizes: Sequence[int], batch_norm: bool = False, linear: type[nn.Linear] = nn.Linear
+    sizes: Sequence[int],
+    batch_norm: bool = False,
+    linear: type[nn.Linear] = nn.Linear,
+    activation: str = "relu",
 ) -> nn.Sequential:
-    """``linear`` layers of the given sizes, each followed by (BatchNorm1d and) ReLU."""
+    """``linear`` layers of the given sizes, each followed by (BatchNorm1d and) the
+    activation."""
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         layers.append(linear(n_in, n_out))
         layers += [nn.BatchNorm1d(n_out)] if batch_norm else []
-        layers.append(nn.ReLU())
+        layers.append(activation_layer(activation))
     return nn.Sequential(*layers)
 
 
@@ -30,13 +48,16 @@ def mlp_pair(
     latent_dim: int,
     batch_norm: bool,
     linear: type[nn.Linear],
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module, int]:
     """(encoder: image [B, *input_shape] -> [B, hidden_dims[-1]], decoder: z [B, latent_dim]
     -> flat logits [B, prod(input_shape)], the encoder's output width); decoder mirrored."""
     input_dim = math.prod(input_shape)
-    encoder = nn.Sequential(nn.Flatten(), mlp([input_dim, *hidden_dims], batch_norm, linear))
+    encoder = nn.Sequential(
+        nn.Flatten(), mlp([input_dim, *hidden_dims], batch_norm, linear, activation)
+    )
     decoder = nn.Sequential(
-        mlp([latent_dim, *reversed(hidden_dims)], batch_norm, linear),
+        mlp([latent_dim, *reversed(hidden_dims)], batch_norm, linear, activation),
         linear(hidden_dims[0], input_dim),
     )
     return encoder, decoder, hidden_dims[-1]
@@ -48,6 +69,7 @@ def conv_pair(
     latent_dim: int,
     batch_norm: bool,
     linear: type[nn.Linear],
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module, int]:
     """Two stride-2 convolutions (``hidden_dims`` = their channels [c1, c2]) down to H/4 x W/4,
     mirrored by transposed convolutions: (encoder, decoder, encoder output width)."""
@@ -60,7 +82,8 @@ def conv_pair(
     grid = (c2, height // 4, width // 4)
 
     def block(conv: nn.Module, n: int) -> list[nn.Module]:
-        return [conv, *([nn.BatchNorm2d(n)] if batch_norm else []), nn.ReLU()]
+        norm = [nn.BatchNorm2d(n)] if batch_norm else []
+        return [conv, *norm, activation_layer(activation)]
 
     encoder = nn.Sequential(
         *block(nn.Conv2d(channels, c1, 4, 2, 1), c1),
@@ -69,7 +92,7 @@ def conv_pair(
     )
     decoder = nn.Sequential(
         linear(latent_dim, math.prod(grid)),
-        nn.ReLU(),
+        activation_layer(activation),
         nn.Unflatten(1, grid),
         *block(nn.ConvTranspose2d(c2, c1, 4, 2, 1), c1),
         nn.ConvTranspose2d(c1, channels, 4, 2, 1),
@@ -87,10 +110,14 @@ def encoder_decoder(
     latent_dim: int,
     batch_norm: bool = False,
     linear: type[nn.Linear] = nn.Linear,
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module, int]:
-    """The (encoder, decoder, encoder width) of ``architecture`` (one of ``ARCHITECTURES``)."""
+    """The (encoder, decoder, encoder width) of ``architecture`` (one of ``ARCHITECTURES``)
+    with the hidden layers' ``activation`` (one of ``ACTIVATIONS``)."""
     if architecture not in NETWORKS:
         raise VaelabError(
             f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
         )
-    return NETWORKS[architecture](input_shape, list(hidden_dims), latent_dim, batch_norm, linear)
+    return NETWORKS[architecture](
+        input_shape, list(hidden_dims), latent_dim, batch_norm, linear, activation
+    )

@@ -3,9 +3,8 @@ posteriors of K learnable pseudo-inputs u_1..u_K,
 
     p(z) = (1/K) sum_k q(z | u_k).
 
-Its KL to q(z|x) has no closed form, so ``kl`` is the one-sample Monte Carlo estimate
-log q(z|x) - log p(z) at the decoded z (unbiased; ``elbo`` and the objectives use it). The
-prior does not factorize over latent dimensions: ``kl_per_dimension`` is None.
+A change of the prior only: ``prior()`` returns the mixture. Its KL to q(z|x) has no closed
+form, so the seam estimates it by Monte Carlo, and it has no KL per latent dimension.
 
     python train.py model=vampprior model.num_pseudo_inputs=500
 """
@@ -18,8 +17,48 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
-from vaelab.science.bounds import LOG_2PI, log_normal
+from vaelab.science.bounds import LOG_2PI
+from vaelab.science.distributions import Latents, draw_normal
 from vaelab.science.variants.vae import VAE
+
+
+class MixturePrior:
+    """p(z) = (1/K) sum_k N(z; mu_k, diag(exp(logvar_k))) of one latent group; mu, logvar
+    [K, D]. Written out rather than as ``torch.distributions.MixtureSameFamily`` for seeded
+    draws and for the log density as two matrix products (below)."""
+
+    def __init__(self, mu: Tensor, logvar: Tensor, group: str = "z") -> None:
+        self.mu, self.logvar, self.group = mu, logvar, group
+        # per component, in float64: 1/s^2 [K, D], m/s^2 [K, D] and the constant [K]
+        mu64, logvar64 = mu.double(), logvar.double()
+        self.precision = torch.exp(-logvar64)
+        self.scaled_mu = mu64 * self.precision
+        dim = mu.shape[-1]
+        self.const = (mu64.square() * self.precision + logvar64).sum(-1) + dim * LOG_2PI
+
+    def log_prob(self, z: Latents) -> dict[str, Tensor]:
+        """log p(z): z [..., D] -> [...] nats.
+
+        Each component's log density is expanded into two matrix products,
+        -0.5 [z^2 . (1/s^2) - 2 z . (m/s^2) + sum(m^2/s^2 + log s^2) + D log 2 pi],
+        so that the cost is that of one small linear layer per z rather than [N, K, D]
+        differences. In float64: for narrow components the terms are large and cancel
+        (float32 loses up to nats where log s^2 < -8); the matrices are small beside the
+        decoder's, so the cost stays small."""
+        v = z[self.group]
+        flat = v.reshape(-1, v.shape[-1]).double()
+        quad = flat.square() @ self.precision.T - 2 * flat @ self.scaled_mu.T  # [N, K]
+        log_components = (-0.5 * (quad + self.const)).to(v.dtype)
+        log_p = torch.logsumexp(log_components, -1) - math.log(len(self.mu))
+        return {self.group: log_p.view(v.shape[:-1])}
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Latents:
+        """n draws: a uniform component k, then z ~ N(mu_k, exp(logvar_k))."""
+        drawn_on = generator.device if generator is not None else self.mu.device
+        k = torch.randint(len(self.mu), (n,), generator=generator, device=drawn_on)
+        k = k.to(self.mu.device)
+        eps = draw_normal((n, self.mu.shape[-1]), self.mu, generator)
+        return {self.group: self.mu[k] + torch.exp(0.5 * self.logvar[k]) * eps}
 
 
 class VampPrior(VAE):
@@ -53,36 +92,5 @@ class VampPrior(VAE):
         finally:
             self.train(was_training)
 
-    def log_prior(self, z: Tensor) -> Tensor:
-        """log (1/K) sum_k N(z; mu_k, exp(logvar_k)): z [..., D] -> [...] nats.
-
-        Each component's log density is expanded into two matrix products,
-        -0.5 [z^2 . (1/s^2) - 2 z . (m/s^2) + sum(m^2/s^2 + log s^2) + D log 2 pi],
-        so that the cost is that of one small linear layer per z, not [N, K, D] differences."""
-        mu, logvar = self.components()
-        precision = torch.exp(-logvar)  # [K, D]
-        flat = z.reshape(-1, z.shape[-1])
-        quad = flat.square() @ precision.T - 2 * flat @ (mu * precision).T  # [N, K]
-        const = (mu.square() * precision + logvar).sum(-1) + z.shape[-1] * LOG_2PI  # [K]
-        log_components = -0.5 * (quad + const)
-        log_p = torch.logsumexp(log_components, -1) - math.log(len(mu))
-        return log_p.view(z.shape[:-1])
-
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n draws from the mixture: a uniform component k, then z ~ q(z | u_k)."""
-        mu, logvar = self.components()
-        drawn_on = generator.device if generator is not None else mu.device
-        k = torch.randint(len(mu), (n,), generator=generator, device=drawn_on).to(mu.device)
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=drawn_on)
-        return mu[k] + torch.exp(0.5 * logvar[k]) * eps.to(mu.device)
-
-    def kl(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
-        """log q(z|x) - log p(z) averaged over the samples z [B, D] (one per image) or
-        [B, S, D]: the KL estimated by Monte Carlo, [B] nats."""
-        zs = z if z.dim() == 3 else z.unsqueeze(1)
-        log_q = log_normal(zs, mu.unsqueeze(1), logvar.unsqueeze(1))
-        return (log_q - self.log_prior(zs)).mean(1)
-
-    def kl_per_dimension(self, mu: Tensor, logvar: Tensor) -> None:
-        """The mixture prior does not factorize over dimensions."""
-        return None
+    def prior(self) -> MixturePrior:
+        return MixturePrior(*self.components())
