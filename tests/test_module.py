@@ -37,7 +37,8 @@ def test_validation_loss_is_the_exact_mean_over_images(datamodule):
     torch.manual_seed(123)
     logged = quiet_trainer().validate(model, datamodule=datamodule, verbose=False)[0]
 
-    torch.manual_seed(123)  # same z draws, batch by batch
+    # same z draws, batch by batch: the module's generator is seeded from the global seed
+    model.noise = torch.Generator().manual_seed(123)
     per_image = {"loss": [], "recon": [], "kl": []}
     with torch.no_grad():
         for x, _ in datamodule.val_dataloader():
@@ -49,7 +50,7 @@ def test_validation_loss_is_the_exact_mean_over_images(datamodule):
         batch_means = torch.stack([v.mean() for v in values]).mean().item()
         assert logged[f"val/{name}"] == pytest.approx(exact, rel=1e-5)
         if name == "loss":
-            assert abs(batch_means - exact) > 1e-4 * exact  # the test can tell them apart
+            assert abs(batch_means - exact) > 2e-5 * exact  # beyond the tolerance above
 
 
 def test_optimizer_and_scheduler_factories_are_used():
