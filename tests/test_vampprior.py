@@ -4,7 +4,6 @@ torch.distributions, its Monte Carlo KL, and the objectives and NLL that use the
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,6 @@ from vaelab.evaluation.metrics import iwae_log_likelihood
 from vaelab.lit.module import VAELitModule
 from vaelab.science.bounds import log_normal
 from vaelab.science.variants.vampprior import MixturePrior, VampPrior
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def small(**kwargs) -> VampPrior:
@@ -124,12 +121,3 @@ def test_every_objective_trains_the_vampprior(objective):
 def test_bad_number_of_pseudo_inputs_is_one_line():
     with pytest.raises(ValueError, match=r"^model.num_pseudo_inputs=0 must be an integer >= 1$"):
         VampPrior(num_pseudo_inputs=0)
-
-
-def test_the_variant_is_named_in_one_python_file_of_the_package():
-    files = [
-        p.relative_to(SRC).as_posix()
-        for p in SRC.rglob("*.py")
-        if "vampprior" in p.read_text().lower()
-    ]
-    assert files == ["vaelab/science/variants/vampprior.py"]

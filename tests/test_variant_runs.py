@@ -1,5 +1,6 @@
-"""A variant and a data setting carried end to end: train.py with model=vampprior, then
-eval.py and sample.py on its checkpoint with no model or data overrides."""
+"""Each variant and a data setting carried end to end: train.py with model=vampprior, iaf and
+hvae, then eval.py (twice: the same numbers) and sample.py on its checkpoint with no model or
+data overrides."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vaelab.data.idx import read_idx
 from vaelab.lit.module import VAELitModule
+from vaelab.science.variants.hvae import HVAE
+from vaelab.science.variants.iaf import IAF
 from vaelab.science.variants.vampprior import VampPrior
 
 
@@ -38,44 +41,68 @@ def quick_eval(ckpt: Path, root: Path, log_dir: Path, *extra: str) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def vampprior_run(synthetic_root, tmp_path_factory) -> Path:
-    log_dir = tmp_path_factory.mktemp("vamp-logs")
+# each variant of the seam, small: (name, its overrides, its class, latent sizes)
+VARIANTS = {
+    "vampprior": (["model.num_pseudo_inputs=10", "model.hidden_dims=[32]", "model.latent_dim=3"],
+                  VampPrior, {"z": 3}),
+    "iaf": (["model.hidden_dims=[32]", "model.latent_dim=3", "model.flow_hidden=16",
+             "model.context_dim=8"], IAF, {"z": 3}),
+    "hvae": (["model.hidden_dims=[[32],[16]]", "model.latent_dim=[4,2]"], HVAE,
+             {"z1": 4, "z2": 2}),
+}  # fmt: skip
+# what differs between two evaluations of one checkpoint besides the numbers: times, paths
+NOT_NUMBERS = ("seconds", "checkpoint", "output_dir", "run_dir", "time")
+
+
+def numbers(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not any(word in k for word in NOT_NUMBERS)}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant_run(request, synthetic_root, tmp_path_factory) -> tuple[str, Path]:
+    name = request.param
+    log_dir = tmp_path_factory.mktemp(f"{name}-logs")
     result = run_script(
         "train.py",
         synthetic_overrides(synthetic_root, log_dir)
-        + ["model=vampprior", "model.num_pseudo_inputs=10", "model.hidden_dims=[32]"]
-        + ["model.latent_dim=3", "trainer.max_epochs=1", "callbacks.test_metrics.nll_k=4"]
-        + ["callbacks.test_metrics.nll_images=50"],
+        + [f"model={name}", *VARIANTS[name][0], "trainer.max_epochs=1"]
+        + ["callbacks.test_metrics.nll_k=4", "callbacks.test_metrics.nll_images=50"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return only_dir(log_dir / "train" / "runs")
+    return name, only_dir(log_dir / "train" / "runs")
 
 
 @pytest.mark.slow
-def test_vampprior_trains_evaluates_and_samples(vampprior_run, synthetic_root, tmp_path):
-    metrics = json.loads((vampprior_run / "metrics.json").read_text())
+def test_each_variant_trains_evaluates_and_samples(variant_run, synthetic_root, tmp_path):
+    name, run = variant_run
+    _, cls, sizes = VARIANTS[name]
+    metrics = json.loads((run / "metrics.json").read_text())
     assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["test/nll"])
     assert metrics["test/nll_images"] == 50  # the end-of-training estimate's images
-    assert "test/kl_per_dim" not in metrics  # the mixture prior does not factorize
-    assert len(metrics["test/active_unit_variance"]) == 3
-    ckpt = vampprior_run / "checkpoints" / "last.ckpt"
+    assert "test/kl_per_dim" not in metrics  # no closed-form KL: not defined per dimension
+    # active units over every latent group, the groups side by side
+    assert len(metrics["test/active_unit_variance"]) == sum(sizes.values())
+    ckpt = run / "checkpoints" / "last.ckpt"
     model = VAELitModule.load_from_checkpoint(ckpt)  # no config: the variant from hparams
-    assert isinstance(model.net, VampPrior) and model.net.pseudo_inputs.shape[0] == 10
-    events = EventAccumulator(str(vampprior_run / "tensorboard"))
+    assert isinstance(model.net, cls) and model.net.latent_sizes == sizes
+    events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert {"val/samples", "val/reconstructions"} <= set(events.Tags()["images"])
 
-    m = quick_eval(ckpt, synthetic_root, tmp_path)
-    assert math.isfinite(m["test/nll"]) and m["latent_dim"] == 3
-    assert m["test/loss"] == pytest.approx(m["test/recon"] + m["test/kl"])
+    first = quick_eval(ckpt, synthetic_root, tmp_path / "a")
+    assert math.isfinite(first["test/nll"]) and first["latent_dim"] == sum(sizes.values())
+    assert first["latent_sizes"] == sizes
+    assert first["test/loss"] == pytest.approx(first["test/recon"] + first["test/kl"])
+    second = quick_eval(ckpt, synthetic_root, tmp_path / "b")  # every draw seeded: the same
+    assert numbers(second) == numbers(first)
     result = run_script(
         "sample.py",
         [f"ckpt_path={ckpt}", *data_args(synthetic_root, tmp_path), "num_samples=9"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    run = only_dir(tmp_path / "sample" / "runs")
-    assert plt.imread(run / "samples.png").ndim == 3
+    out = only_dir(tmp_path / "sample" / "runs")
+    for figure in ("samples", "interpolation", "traversal"):
+        assert plt.imread(out / f"{figure}.png").ndim == 3
 
 
 @pytest.fixture(scope="module")

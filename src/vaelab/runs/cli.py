@@ -9,15 +9,44 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from hydra.errors import InstantiationException
+
 from vaelab.errors import VaelabError
 
 T = TypeVar("T")
 
 
+def _end_progress_bars() -> None:
+    """End the line of every progress bar still drawn (a run stopped mid-epoch), so that what
+    follows starts on a line of its own instead of after the bar."""
+    bars = getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", ())
+    streams = {id(bar.fp): bar.fp for bar in list(bars) if not bar.disable}
+    for stream in streams.values():
+        try:
+            stream.write("\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing to end
+            pass
+
+
 def print_error(err: BaseException) -> None:
-    """Each line of ``err``'s message as ``error: <line>`` on stderr."""
+    """Each line of ``err``'s message as ``error: <line>`` on stderr, starting on a line of
+    its own."""
+    _end_progress_bars()
     for line in str(err).splitlines() or [type(err).__name__]:
         print(f"error: {line}", file=sys.stderr)
+
+
+def vaelab_cause(err: BaseException) -> VaelabError | None:
+    """The ``VaelabError`` that ``err`` wraps (Hydra's instantiate wraps what a constructor
+    raises, e.g. a variant refusing an argument), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VaelabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 # Lightning's info lines that advertise other products or describe a choice vaelab makes on
@@ -92,4 +121,10 @@ def run_or_exit(entry: Callable[..., T], *args) -> T:
             return entry(*args)
     except VaelabError as err:
         print_error(err)
+        raise SystemExit(2) from None
+    except InstantiationException as err:
+        cause = vaelab_cause(err)
+        if cause is None:
+            raise
+        print_error(cause)
         raise SystemExit(2) from None
