@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import VaelabError
@@ -74,6 +75,26 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+_ABSENT = object()
+
+
+def _defaults(target: str) -> dict[str, Any]:
+    """The default values of the arguments of the network class ``target`` and of the base
+    classes it passes its other arguments to; {} when it cannot be imported."""
+    try:
+        cls = get_object(target)
+    except Exception:  # noqa: BLE001 - the shape check reports an unknown class
+        return {}
+    out: dict[str, Any] = {}
+    for owner in reversed([c for c in cls.__mro__[:-1] if "__init__" in vars(c)]):
+        try:
+            params = inspect.signature(owner.__init__).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        out |= {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return out
+
+
 def _net_shapes(net_args: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The parameter and buffer shapes of the network that ``net_args`` (``net`` and its
     arguments) builds, built on the meta device (no memory, no initialisation cost)."""
@@ -96,6 +117,16 @@ def check_architecture(
         key: (_plain(model_cfg[key]), _plain(saved[key]))
         for key in saved
         if key in model_cfg and _plain(model_cfg[key]) != _plain(saved[key])
+    }
+    # arguments the checkpoint's network took at their defaults
+    defaults = _defaults(saved.get("net", DEFAULT_NET))
+    differ |= {
+        key: (_plain(value), _plain(defaults.get(key, "its default")))
+        for key, value in model_cfg.items()
+        if key not in saved
+        and not key.startswith("_")
+        and key not in MODULE_ARGUMENTS
+        and _plain(value) != _plain(defaults.get(key, _ABSENT))
     }
     saved_net = {k: _plain(v) for k, v in saved.items() if k not in MODULE_ARGUMENTS}
     weights = {

@@ -109,7 +109,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "model.latent_dim",
         lambda v: int_at_least(1)(v) or int_list_at_least(1)(v),
-        "an integer >= 1 (a list of them, one per stochastic layer, for model=hvae)",
+        "an integer >= 1 (a list of them, one per stochastic layer, for a hierarchy)",
     ),
     Rule(
         "model.hidden_dims",
@@ -117,7 +117,7 @@ RULES: tuple[Rule, ...] = (
             int_list_at_least(1)(v)
             or (isinstance(v, list) and len(v) > 0 and all(int_list_at_least(1)(h) for h in v))
         ),
-        "a non-empty list of integers >= 1, e.g. [256,256] (for model=hvae one list per "
+        "a non-empty list of integers >= 1, e.g. [256,256] (for a hierarchy one list per "
         "stochastic layer, e.g. [[200,200],[100,100]])",
     ),
     Rule("model.activation", NamesFrom("vaelab.science.networks", "ACTIVATIONS")),

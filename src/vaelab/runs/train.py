@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.errors import TrainingInterrupted
 from vaelab.lit.fault_tolerance import SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
-from vaelab.runs.cli import quiet_known_messages
+from vaelab.runs.cli import quiet_known_messages, vaelab_cause
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
 from vaelab.runs.report import print_summary, write_metrics
@@ -79,7 +80,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     callbacks and loggers. Missing or broken data fails here, before the model is built."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
-    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    try:
+        model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    except InstantiationException as err:  # a variant refusing an argument: its own line
+        cause = vaelab_cause(err)
+        if cause is None:
+            raise
+        raise cause from None
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep

@@ -45,7 +45,7 @@ class VAE(LatentVariableModel):
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int):
             raise VaelabError(
                 f"model.latent_dim={latent_dim} must be one integer for {type(self).__name__} "
-                "(a list of sizes is for model=hvae)"
+                "(a list of sizes is for a variant with several stochastic layers)"
             )
         self.input_shape = tuple(input_shape)
         self.latent_sizes = {"z": latent_dim}
