@@ -1,8 +1,10 @@
 """``python train.py`` as a user runs it, on synthetic MNIST-format data."""
 
 import csv
+import io
 import json
 import math
+import sys
 
 import pytest
 from conftest import run_script, synthetic_overrides
@@ -142,3 +144,23 @@ def test_terminal_has_no_lightning_tips_or_notes_that_do_not_apply(trained_run_r
     # the run's own lines stay: devices, the model summary, progress, the summary and paths
     for line in ("GPU available:", "Trainable params", "Epoch 1", "vaelab run", "run dir:"):
         assert line in output, line
+
+
+def test_an_error_starts_on_a_line_of_its_own_after_a_progress_bar(monkeypatch):
+    """A run stopped mid-epoch (a full disk) leaves its bar drawn without a newline: the
+    error line must not be glued to it."""
+    from tqdm import tqdm
+
+    from vaelab.errors import VaelabError
+    from vaelab.runs.cli import print_error
+
+    terminal = io.StringIO()  # stdout and stderr on one terminal
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = tqdm(total=10, file=terminal, desc="Epoch 0")
+    bar.update(3)
+    try:
+        print_error(VaelabError("no space left on the device"))
+    finally:
+        bar.close()
+    lines = terminal.getvalue().replace("\r", "\n").splitlines()
+    assert "error: no space left on the device" in lines

@@ -92,6 +92,11 @@ def test_each_variant_trains_evaluates_and_samples(variant_run, synthetic_root, 
     first = quick_eval(ckpt, synthetic_root, tmp_path / "a")
     assert math.isfinite(first["test/nll"]) and first["latent_dim"] == sum(sizes.values())
     assert first["latent_sizes"] == sizes
+    if len(sizes) > 1:  # a hierarchy: active units per latent group, summing to the total
+        per_group = first["test/active_units_per_group"]
+        assert (
+            set(per_group) == set(sizes) and sum(per_group.values()) == first["test/active_units"]
+        )
     assert first["test/loss"] == pytest.approx(first["test/recon"] + first["test/kl"])
     second = quick_eval(ckpt, synthetic_root, tmp_path / "b")  # every draw seeded: the same
     assert numbers(second) == numbers(first)

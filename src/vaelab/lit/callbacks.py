@@ -404,6 +404,12 @@ class EvaluationMetrics(L.Callback):
         }
         if "kl_per_dim" in stats:
             results["test/kl_per_dim"] = stats["kl_per_dim"].tolist()
+        sizes = pl_module.net.latent_sizes
+        if len(sizes) > 1:  # a hierarchy: the active units of each latent group too
+            active = (stats["mu_variance"] > self.threshold).split(list(sizes.values()))
+            results["test/active_units_per_group"] = {
+                g: int(a.sum()) for g, a in zip(sizes, active, strict=True)
+            }
         if self.elbo_samples > 0:
             means = self._elbo.compute()
             results |= {f"test/{term}": float(value) for term, value in means.items()}

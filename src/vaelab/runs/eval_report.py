@@ -136,7 +136,11 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
         (
             "test/active_units",
             f"{m['test/active_units']} / {latent_dim}",
-            f"units with Var_x(E_q[z_u|x]) > {m['active_unit_threshold']:g}",
+            f"units with Var_x(E_q[z_u|x]) > {m['active_unit_threshold']:g}"
+            + "".join(
+                f"; {g}: {n} / {m['latent_sizes'][g]}"
+                for g, n in m.get("test/active_units_per_group", {}).items()
+            ),
         ),
         (
             "test/recon_per_class",
@@ -144,7 +148,16 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
             f"nats/image; easiest digit {best}, hardest {worst}",
         ),
     ]
-    if "test/kl_per_dim" in m:
+    if "test/kl_per_dim" not in m:
+        rows.append(
+            (
+                "test/kl_per_dim",
+                "not defined",
+                "the KL has no closed form per latent dimension (the prior or the posterior "
+                "does not factorize); test/kl is its Monte Carlo estimate",
+            )
+        )
+    else:
         kl = m["test/kl_per_dim"]
         top = max(range(len(kl)), key=kl.__getitem__)
         rows.append(
