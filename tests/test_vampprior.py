@@ -35,13 +35,19 @@ def test_log_prior_is_the_mixture_of_the_pseudo_inputs_posteriors():
     torch.testing.assert_close(net.prior().log_prob({"z": z})["z"], mixture(net).log_prob(z))
 
 
-@pytest.mark.parametrize(("low", "high", "tolerance"), [(-8.0, -5.0, 3e-4), (-10.0, -8.0, 3e-4)])
-def test_log_prior_stays_accurate_in_float32_for_narrow_components(low, high, tolerance):
+@pytest.mark.parametrize(
+    ("low", "high", "spread"),
+    [(-8.0, -5.0, 1.0), (-10.0, -8.0, 1.0), (-10.0, -8.0, 0.01), (-1.0, 0.0, 0.01)],
+)
+def test_log_prior_stays_accurate_in_float32_for_narrow_components(low, high, spread):
+    """Narrow components apart, narrow ones that overlap (spread 0.01) and wide ones."""
+    tolerance = 3e-4
     gen = torch.Generator().manual_seed(0)
-    mu = torch.randn(50, 16, generator=gen, dtype=torch.float64)
+    mu = spread * torch.randn(50, 16, generator=gen, dtype=torch.float64)
     logvar = low + (high - low) * torch.rand(50, 16, generator=gen, dtype=torch.float64)
     # points near the components, where the density is high and the terms cancel most
-    z = mu[torch.randint(50, (400,), generator=gen)] + 0.02 * torch.randn(400, 16, generator=gen)
+    near = torch.exp(0.5 * logvar[torch.randint(50, (400,), generator=gen)])
+    z = mu[torch.randint(50, (400,), generator=gen)] + near * torch.randn(400, 16, generator=gen)
     reference = MixturePrior(mu, logvar).log_prob({"z": z})["z"]
     expected = MixtureSameFamily(
         Categorical(logits=torch.zeros(50, dtype=torch.float64)),
