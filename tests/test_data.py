@@ -157,6 +157,29 @@ def test_val_size_zero_validates_on_the_test_set(small_root):
     assert dm.data_val is dm.data_test
 
 
+def test_dynamic_binarization_draws_from_its_seeded_generator_and_resumes(small_root):
+    def datamodule():
+        dm = MNISTDataModule(small_root, val_size=50, download=False, binarize="dynamic")
+        dm.setup()
+        dm.data_train.images = torch.full_like(dm.data_train.images, 128)  # grey: p = 0.5
+        return dm
+
+    rows = torch.arange(32)
+    torch.manual_seed(1)
+    a = datamodule()
+    first = a.data_train[rows][0]
+    torch.manual_seed(2)  # the global generator plays no part
+    b = datamodule()
+    torch.testing.assert_close(b.data_train[rows][0], first)
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    state = {"binarize_noise": a.data_train.noise.get_state()}  # what a checkpoint keeps
+    second = a.data_train[rows][0]
+    assert not torch.equal(second, first)  # afresh for every batch
+    resumed = datamodule()
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.data_train[rows][0], second)
+
+
 def test_val_size_must_leave_training_data(small_root):
     with pytest.raises(VaelabError, match=r"data.val_size=300 must be between 0 and 299"):
         MNISTDataModule(small_root, val_size=300, download=False).setup()

@@ -30,6 +30,8 @@ class InMemoryImages(Dataset):
         self.images = images
         self.labels = labels
         self.dynamic_binarize = dynamic_binarize
+        # the dynamic binarization's draws (None: torch's global generator)
+        self.noise: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,7 +42,7 @@ class InMemoryImages(Dataset):
         # uint8 / float division converts and scales in one pass (same values as .float() / 255)
         x = torch.div(self.images.index_select(0, indices), 255.0).unsqueeze(1)
         if self.dynamic_binarize:
-            x = torch.bernoulli(x)
+            x = torch.bernoulli(x, generator=self.noise)
         return x, self.labels.index_select(0, indices)
 
     def to(self, device: torch.device) -> InMemoryImages:
@@ -144,6 +146,7 @@ class MNISTDataModule(L.LightningDataModule):
         self._paths: dict[str, Path] | None = None
         self._train_sampler: ShardedBatches | None = None
         self._restored_seed = False
+        self._noise_state: torch.Tensor | None = None
         self._skip_batches = 0
 
     @property
@@ -185,6 +188,12 @@ class MNISTDataModule(L.LightningDataModule):
             self.shuffle_seed = self._shared_shuffle_seed()
         device = self._device()  # on an accelerator the data live there: no per-batch copy
         self.data_train = InMemoryImages(train_x, train_y, self.binarize == "dynamic").to(device)
+        if self.binarize == "dynamic":  # seeded by binarize_seed, a stream per rank
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            seed = (self.binarize_seed + 3) * 1_000_003 + rank
+            self.data_train.noise = torch.Generator(device).manual_seed(seed)
+            if self._noise_state is not None:
+                self.data_train.noise.set_state(self._noise_state)
         self.data_test = InMemoryImages(test_x, test_y).to(device)
         self.data_val = InMemoryImages(val_x, val_y).to(device) if self.val_size else self.data_test
 
@@ -232,15 +241,23 @@ class MNISTDataModule(L.LightningDataModule):
             return {}
         # batches whose optimizer step ran: where Lightning's loop continues after a restore
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if not 0 < done < len(sampler):
-            return {"shuffle_seed": self.shuffle_seed}
-        return {"shuffle_seed": self.shuffle_seed, "train_batches_done": done}
+        state = {"shuffle_seed": self.shuffle_seed}
+        noise = getattr(self.data_train, "noise", None)
+        if noise is not None:  # where the dynamic binarization's draws continue
+            state["binarize_noise"] = noise.get_state()
+        if 0 < done < len(sampler):
+            state["train_batches_done"] = done
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "shuffle_seed" in state_dict:
             self.shuffle_seed = state_dict["shuffle_seed"]
             self._restored_seed = True
         self._skip_batches = int(state_dict.get("train_batches_done", 0))
+        self._noise_state = state_dict.get("binarize_noise")
+        noise = getattr(self.data_train, "noise", None)
+        if noise is not None and self._noise_state is not None:
+            noise.set_state(self._noise_state)
 
     def val_dataloader(self) -> DataLoader:
         return batch_loader(self.data_val, self.eval_batch_size, False, **self._shard())
