@@ -168,6 +168,18 @@ def _resume_argv(argv: list[str]) -> list[str]:
     ]
 
 
+def discard_refused_run(run_dir: Path, record: str | None) -> None:
+    """Undo what Hydra wrote for a command refused before it trained: this invocation's
+    record of a continued run (``.hydra/resume-NNN``), or a new run dir that holds nothing
+    but ``.hydra/`` and the log."""
+    if record and Path(record) != Path(".hydra") and (run_dir / record).is_dir():
+        shutil.rmtree(run_dir / record)
+    elif run_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir)
+
+
 def resume_command(run_dir: str | Path, script: str | None = None) -> str:
     """The shell command that continues the run in ``run_dir``."""
     script = script or sys.argv[0] or "train.py"

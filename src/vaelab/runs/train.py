@@ -22,6 +22,7 @@ from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
+from vaelab.runs.preflight import refuse_new_run_into
 from vaelab.runs.report import print_summary, write_metrics
 from vaelab.runs.sweep import continue_job
 from vaelab.runs.tensorboard import log_run_hparams
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if earlier is not None:
         return earlier
     resume_from = checkpoint_to_resume(cfg)
+    if resume_from is None:
+        refuse_new_run_into(Path(cfg.paths.output_dir), cfg)
     with runtime_settings(cfg):
         return fit_and_test(cfg, resume_from)
 
