@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import lightning as L
@@ -192,3 +193,28 @@ class StopOnNonFiniteLoss(L.Callback):
             f"checkpoint: {checkpoint or 'none (no epoch had finished)'}. Lower "
             "model.optimizer.lr (or add a warm-up) and train again"
         )
+
+
+class FitTime(L.Callback):
+    """The seconds a run has spent in fit over all its processes: this one's since fit
+    started, plus those of the processes before it, saved in each checkpoint (a resumed run
+    reads them from the checkpoint it continues from; time after that checkpoint, in a
+    process that was killed, is not counted: its work is done again)."""
+
+    def __init__(self) -> None:
+        self.earlier = 0.0
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        now = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self.earlier + now
+
+    def state_dict(self) -> dict:
+        return {"fit_seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier = float(state_dict.get("fit_seconds", 0.0))

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import TrainingInterrupted
-from vaelab.lit.fault_tolerance import SaveOnInterrupt, signal_name
+from vaelab.lit.fault_tolerance import FitTime, SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages
 from vaelab.runs.config_checks import check_config
@@ -33,13 +32,18 @@ log = logging.getLogger(__name__)
 def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate each entry of a config group that holds several named objects
     (``callbacks``, ``logger``); entries without ``_target_`` or set to null are skipped."""
+    return [instantiate(conf) for conf in _group_entries(group)]
+
+
+def _group_entries(group: DictConfig | None) -> list[DictConfig]:
     if not group:
         return []
-    return [
-        instantiate(conf)
-        for conf in group.values()
-        if isinstance(conf, DictConfig) and "_target_" in conf
-    ]
+    return [conf for conf in group.values() if isinstance(conf, DictConfig) and "_target_" in conf]
+
+
+def _is_tensorboard(conf: DictConfig) -> bool:
+    target = get_object(conf._target_)
+    return isinstance(target, type) and issubclass(target, TensorBoardLogger)
 
 
 @contextmanager
@@ -75,14 +79,33 @@ def runtime_settings(cfg: DictConfig):
                 torch.set_flush_denormal(False)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+def resumed_step(checkpoint: Path | None) -> int | None:
+    """The global step of the checkpoint a run continues from (None for a new run)."""
+    if checkpoint is None:
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(state.get("global_step", 0))
+
+
+def build(
+    cfg: DictConfig, resume_from: Path | None = None
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the data module (and find its files), the model and the Trainer with its
-    callbacks and loggers. Missing or broken data fails here, before the model is built."""
+    callbacks and loggers. Missing or broken data fails here, before the model is built.
+    A run continued from a checkpoint at step S gives its TensorBoard loggers
+    ``purge_step=S+1``: TensorBoard drops what the earlier process logged after that
+    checkpoint, which this one logs again (no step twice in the charts)."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [*instantiate_group(cfg.get("callbacks")), FitTime()]
+    step = resumed_step(resume_from)
+    loggers = [
+        instantiate(conf, purge_step=step + 1)
+        if step is not None and _is_tensorboard(conf)
+        else instantiate(conf)
+        for conf in _group_entries(cfg.get("logger"))
+    ]
     start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -108,15 +131,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
     """``train`` once the config and the checkpoint to resume from are checked."""
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(cfg, resume_from)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    start = time.perf_counter()
     with interruptible(trainer, cfg.paths.output_dir):
         # weights_only: a checkpoint may hold tensors and plain containers, never code
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = next(c for c in trainer.callbacks if isinstance(c, FitTime)).seconds
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     checkpoint = trainer.checkpoint_callback
@@ -148,7 +170,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
         epochs=trainer.current_epoch, fit_seconds=round(fit_seconds, 3), best_checkpoint=best_path
     )
     if resume_from is not None:
-        metrics["resumed_from"] = str(resume_from)  # fit_seconds counts this process only
+        metrics["resumed_from"] = str(resume_from)  # fit_seconds counts the earlier processes
     if trainer.is_global_zero:  # one writer under DDP; every rank returns the same metrics
         log_run_hparams(trainer, cfg, metrics)
         write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
