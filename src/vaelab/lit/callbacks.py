@@ -43,6 +43,12 @@ def _val_loader(trainer: L.Trainer):
     return trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
 
 
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning's loggers give the values logged now (the global step, counted as
+    Lightning's logger connector does), so images and histograms share the scalars' x axis."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def _tensorboards(trainer: L.Trainer):
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
@@ -88,6 +94,7 @@ class VAEFigures(L.Callback):
         self.projector_every_n_epochs = projector_every_n_epochs
         self.seed = seed
         self._fixed: dict[str, torch.Tensor] | None = None
+        self._val_step = 0  # the global step of the last validation's scalars
 
     def _fixed_inputs(self, trainer: L.Trainer, pl_module: L.LightningModule):
         """The reconstruction batch, the sample noise and the interpolation pair, chosen once."""
@@ -133,7 +140,8 @@ class VAEFigures(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        epoch = trainer.current_epoch + 1  # epochs done: the step of every per-epoch figure
+        self._val_step = logging_step(trainer)  # the step of this validation's scalars
+        epoch = trainer.current_epoch + 1  # epochs done, in the figures' titles
         max_epochs = trainer.max_epochs or -1  # -1: no limit
         last = 0 < max_epochs <= epoch or trainer.should_stop
         if _tensorboards(trainer) and (epoch % self.every_n_epochs == 0 or last):
@@ -141,7 +149,7 @@ class VAEFigures(L.Callback):
 
     def _log_figures(self, trainer: L.Trainer, pl_module, out: dict, epoch: int) -> None:
         for writer in _tensorboards(trainer):
-            step = trainer.global_step  # one step axis with the scalars
+            step = logging_step(trainer)  # one step axis with the scalars
             for name in ("reconstructions", "samples", "interpolation"):
                 writer.add_image(f"val/{name}", out[name], global_step=step)
             writer.add_figure(
@@ -194,7 +202,7 @@ class VAEFigures(L.Callback):
                 ("active_unit_variance", "mu_variance"),
             ):
                 if key in stats:
-                    writer.add_histogram(f"val/{name}", stats[key], global_step=trainer.global_step)
+                    writer.add_histogram(f"val/{name}", stats[key], global_step=self._val_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.val_dataloaders is None:

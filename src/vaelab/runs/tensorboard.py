@@ -212,7 +212,10 @@ def log_run_hparams(trainer, cfg: DictConfig, metrics: dict) -> None:
     summaries = (start, end) if sweep and sweep.is_file() else (experiment, start, end)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_metrics(final, step=trainer.global_step)
+            # HParams reads its figures from scalars: those the test stage did not log
+            new = {k: v for k, v in final.items() if k not in trainer.logged_metrics}
+            if new:
+                logger.log_metrics(new, step=trainer.global_step)
             writer = logger.experiment._get_file_writer()
             for summary in summaries:
                 writer.add_summary(summary, trainer.global_step)
