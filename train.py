@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import TrainingInterrupted, VaelabError
 from vaelab.runs.cli import print_error
-from vaelab.runs.resume import resume_argv, resume_command
+from vaelab.runs.preflight import check_command
+from vaelab.runs.resume import discard_refused_run, resume_argv, resume_command
 from vaelab.runs.sweep import failed_jobs, record_failed_job
 from vaelab.runs.train import train
 
@@ -36,6 +37,7 @@ def main(cfg: DictConfig) -> float:
             return math.nan
         if isinstance(err, VaelabError):
             print_error(err)
+            discard_refused_run(Path(cfg.paths.output_dir), HydraConfig.get().output_subdir)
             raise SystemExit(2) from None
         raise
 
@@ -43,6 +45,7 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         sys.argv = resume_argv(sys.argv)
+        check_command(sys.argv, Path(__file__).resolve().parent / "configs")
     except VaelabError as err:
         print_error(err)
         raise SystemExit(2) from None

@@ -111,7 +111,7 @@ def test_tensorboard_serves_the_runs_scalars_and_images(tensorboard):
     entries = json.loads(
         get(tensorboard, "/data/plugin/images/images", run=run, tag="val/samples", sample=0)
     )
-    assert [e["step"] for e in entries] == [2]  # every 5 epochs and the last (of 2)
+    assert len(entries) == 1  # every 5 epochs and the last (of 2)
     png = get(tensorboard, "/data/plugin/images/individualImage?" + entries[-1]["query"])
     with Image.open(BytesIO(png)) as image:
         assert image.format == "PNG"
@@ -151,7 +151,9 @@ def test_the_scalars_page_opens_on_the_losses(trained_run):
     assert {"val/kl_per_dim", "val/active_unit_variance"} <= set(tags["histograms"])
     assert len(events.Histograms("val/kl_per_dim")) == 2  # one per epoch
     layout = events.Tensors("custom_scalars__config__")  # the CUSTOM SCALARS layout
-    assert layout and b"train/loss" in layout[0].tensor_proto.SerializeToString()
+    assert layout and b"^train/loss$" in layout[0].tensor_proto.SerializeToString()
+    # the NLL's settings are no measurements: no scalar cards
+    assert not {"test/nll_k", "test/nll_images", "test/nll_normalized"} & set(tags["scalars"])
 
 
 SESSION_REQUEST = {
@@ -185,10 +187,11 @@ def test_a_sweeps_runs_are_named_by_their_values_with_hparams_and_metrics(sweep_
 
     with serve(sweep_dir / "tensorboard", both_sessions) as base:
         runs = json.loads(get(base, "/data/runs"))
-        assert set(runs) - {"."} == {"latent_dim=2", "latent_dim=4"}  # ".": the experiment
+        assert set(runs) == {"latent_dim=2", "latent_dim=4"}  # no empty run "."
         experiment = post(base, "/data/plugin/hparams/experiment", {"experimentName": ""})
-        first = experiment["hparamInfos"][0]  # HPARAMS shows the differing columns first
-        assert first["name"] == "model.latent_dim" and first["differs"]
+        (only,) = experiment["hparamInfos"]  # only what varies, then the figures
+        assert only["name"] == "model.latent_dim" and only["differs"]
+        assert only["domainDiscrete"] == ["2", "4"]
         assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == [
             "val/loss_best",
             "test/loss",
@@ -198,7 +201,7 @@ def test_a_sweeps_runs_are_named_by_their_values_with_hparams_and_metrics(sweep_
         assert set(by_name) == {"latent_dim=2", "latent_dim=4"}
         for latent in (2, 4):
             group = by_name[f"latent_dim={latent}"]
-            assert group["hparams"]["model.latent_dim"] == latent  # a number, not text
+            assert group["hparams"]["model.latent_dim"] == str(latent)  # not 2.0000
             assert group["hparams"]["model"] == "vae"
             metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
             job = next(

@@ -35,7 +35,7 @@ def test_tensorboard_has_scalar_and_image_tags(run_dir):
 
 
 def image_steps(run_dir, tag: str = "val/samples") -> list[int]:
-    """The TensorBoard steps (epochs done) at which ``tag`` was logged in ``run_dir``."""
+    """The TensorBoard steps at which ``tag`` was logged in ``run_dir``."""
     steps = []
     for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events), size_guidance={"images": 0})
@@ -47,7 +47,8 @@ def image_steps(run_dir, tag: str = "val/samples") -> list[int]:
 
 def test_images_are_logged_every_n_epochs_and_after_the_last(run_dir, synthetic_root, tmp_path):
     # the shared run: 2 epochs with the default every_n_epochs=5, so the last epoch only
-    assert image_steps(run_dir) == [2]  # epochs done, as in the PNG titles
+    # at the global step of that epoch's val scalars: 8 steps an epoch (500 images, batch 64)
+    assert image_steps(run_dir) == [2 * 8 - 1]
     result = run_script(
         "train.py",
         synthetic_overrides(synthetic_root, tmp_path)
@@ -60,7 +61,7 @@ def test_images_are_logged_every_n_epochs_and_after_the_last(run_dir, synthetic_
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()
     for tag in IMAGES:
-        assert image_steps(run, tag) == [2, 4, 5], tag
+        assert image_steps(run, tag) == [8 * epoch - 1 for epoch in (2, 4, 5)], tag
 
 
 @pytest.mark.parametrize("name", FIGURES)

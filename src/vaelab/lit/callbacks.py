@@ -44,13 +44,19 @@ def _val_loader(trainer: L.Trainer):
     return trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
 
 
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning's loggers give the values logged now (the global step, counted as
+    Lightning's logger connector does), so images and histograms share the scalars' x axis."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def _tensorboards(trainer: L.Trainer):
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
 class VAEFigures(L.Callback):
-    """Every ``every_n_epochs`` epochs and after the last, logs to TensorBoard (at step =
-    epochs done, counted from 1, as in the PNGs' titles and ``training_curves.png``)
+    """Every ``every_n_epochs`` epochs and after the last, logs to TensorBoard (at the global
+    step, the step of the scalars; the figures' titles name the epoch, counted from 1)
     ``val/reconstructions`` (a fixed batch, originals above reconstructions), ``val/samples``
     (a fixed z, so epochs compare), ``val/interpolation`` (between two test images of
     different digits) and ``val/latent_space`` (mu of the validation set coloured by digit,
@@ -89,6 +95,7 @@ class VAEFigures(L.Callback):
         self.projector_every_n_epochs = projector_every_n_epochs
         self.seed = seed
         self._fixed: dict[str, torch.Tensor] | None = None
+        self._val_step = 0  # the global step of the last validation's scalars
 
     def _fixed_inputs(self, trainer: L.Trainer, pl_module: L.LightningModule):
         """The reconstruction batch, the sample noise and the interpolation pair, chosen once."""
@@ -134,7 +141,8 @@ class VAEFigures(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        epoch = trainer.current_epoch + 1  # epochs done: the step of every per-epoch figure
+        self._val_step = logging_step(trainer)  # the step of this validation's scalars
+        epoch = trainer.current_epoch + 1  # epochs done, in the figures' titles
         max_epochs = trainer.max_epochs or -1  # -1: no limit
         last = 0 < max_epochs <= epoch or trainer.should_stop
         if _tensorboards(trainer) and (epoch % self.every_n_epochs == 0 or last):
@@ -142,10 +150,11 @@ class VAEFigures(L.Callback):
 
     def _log_figures(self, trainer: L.Trainer, pl_module, out: dict, epoch: int) -> None:
         for writer in _tensorboards(trainer):
+            step = logging_step(trainer)  # one step axis with the scalars
             for name in ("reconstructions", "samples", "interpolation"):
-                writer.add_image(f"val/{name}", out[name], global_step=epoch)
+                writer.add_image(f"val/{name}", out[name], global_step=step)
             writer.add_figure(
-                "val/latent_space", self._latent_figure(out, pl_module, epoch), global_step=epoch
+                "val/latent_space", self._latent_figure(out, pl_module, epoch), global_step=step
             )
         self._logged_epoch = epoch
 
@@ -195,7 +204,7 @@ class VAEFigures(L.Callback):
                 ("active_unit_variance", "mu_variance"),
             ):
                 if key in stats:
-                    writer.add_histogram(f"val/{name}", stats[key], global_step=stats["epoch"] + 1)
+                    writer.add_histogram(f"val/{name}", stats[key], global_step=self._val_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.val_dataloaders is None:
@@ -325,10 +334,12 @@ class EvaluationMetrics(L.Callback):
     ``max_images`` limits the test images used (the first ones).
 
     Logged like the module's metrics: ``test/active_units`` and, with the NLL, ``test/nll``
-    (nats per image), ``test/nll_k`` and ``test/nll_normalized`` (whether the likelihood is a
-    normalized density of the test pixels). The per-dimension values go to TensorBoard as a
-    bar chart (``test/kl_per_dim``) and a histogram (``test/active_unit_variance``) and, as
-    lists, to ``test_metrics`` (train.py adds them to metrics.json). ``results`` holds
+    (nats per image). The settings of that estimate, ``test/nll_k``, ``test/nll_images`` and
+    ``test/nll_normalized`` (whether the likelihood is a normalized density of the test
+    pixels), are no measurements: they go to ``test_metrics`` (train.py adds them to
+    metrics.json and HParams), not to the scalars. The per-dimension values go to TensorBoard
+    as a bar chart (``test/kl_per_dim``) and a histogram (``test/active_unit_variance``) and,
+    as lists, to ``test_metrics``. ``results`` holds
     everything computed, as plain numbers and lists.
     """
 
@@ -429,13 +440,17 @@ class EvaluationMetrics(L.Callback):
                 "nll_note": note,
             }
             pl_module.log("test/nll", nll)
-            pl_module.log("test/nll_k", float(self.nll_k))
-            pl_module.log("test/nll_images", self._nll.count.float())
-            pl_module.log("test/nll_normalized", float(normalized))
         self.results = results
-        # vectors: to the loggers and metrics.json, not to the printed table of test results
+        # vectors, and the settings of the NLL estimate: to metrics.json (and HParams), not
+        # to the scalars nor the printed table of test results
         vectors = ("test/kl_per_dim", "test/active_unit_variance")
         self.test_metrics = {k: results[k] for k in vectors if k in results}
+        if "test/nll" in results:
+            self.test_metrics |= {
+                "test/nll_k": self.nll_k,
+                "test/nll_images": results["nll_images"],
+                "test/nll_normalized": results["nll_normalized"],
+            }
         for writer in _tensorboards(trainer) if trainer.is_global_zero else []:
             # one histogram, not a scalar per dimension (the KL per dimension: a bar chart below)
             variances = torch.tensor(results["test/active_unit_variance"])

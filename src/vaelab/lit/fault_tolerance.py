@@ -13,11 +13,12 @@ import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -35,12 +36,17 @@ def signal_name(exception: BaseException) -> str | None:
     return None
 
 
-class SaveOnInterrupt(OnExceptionCheckpoint):
-    """Lightning's ``OnExceptionCheckpoint``, on interruptions only: on SIGINT or SIGTERM
+class SaveOnInterrupt(Checkpoint):
+    """What Lightning's ``OnExceptionCheckpoint`` does, on interruptions only: on SIGINT or SIGTERM
     during fit, saves the full training state (weights, optimizer, loop progress, callback and
     data-order states) to ``<dirpath>/<filename>.ckpt``, so a resumed run continues at the batch
     where this one stopped; after any other exception (a NaN loss, a bug) the weights are not
-    worth keeping. The file is removed when a fit completes (``OnExceptionCheckpoint.teardown``).
+    worth keeping. The file is removed when a fit completes.
+
+    Not a subclass of ``OnExceptionCheckpoint``: with one among its callbacks, Lightning turns
+    ``fit(ckpt_path=None)`` into ``ckpt_path="last"`` and silently resumes whatever checkpoint
+    the run dir holds. A run continues only from the checkpoint vaelab names (``resume=``,
+    ``ckpt_path=``).
 
     The first Ctrl-C is handled like SIGTERM: training stops at the next batch boundary, where
     the saved state is consistent (a ``KeyboardInterrupt`` can strike between an optimizer step
@@ -48,8 +54,12 @@ class SaveOnInterrupt(OnExceptionCheckpoint):
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
-        super().__init__(str(dirpath), filename)
-        self.path = Path(self.ckpt_path)
+        super().__init__()
+        if not filename:
+            raise ValueError("The filename cannot be empty")
+        self.dirpath, self.filename = str(dirpath), filename
+        self.path = Path(self.dirpath) / f"{filename}.ckpt"
+        self.ckpt_path = str(self.path)
         self.signal: str | None = None
         self.saved: Path | None = None
         self._sigint_received = False
@@ -82,6 +92,10 @@ class SaveOnInterrupt(OnExceptionCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """A fit that completed: the state saved at an earlier interruption is spent."""
+        trainer.strategy.remove_checkpoint(self.ckpt_path)
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
@@ -90,7 +104,7 @@ class SaveOnInterrupt(OnExceptionCheckpoint):
             self.signal = "SIGINT"  # turned into SIGTERM by _on_sigint
         if self.signal is not None and trainer.state.fn == TrainerFn.FITTING:
             # during test the loaded weights are the best checkpoint's, not the latest
-            super().on_exception(trainer)  # the full training state
+            trainer.save_checkpoint(self.ckpt_path)  # the full training state
             self.saved = self.path
             log.info("%s received: training state saved to %s", self.signal, self.path)
         self._restore_sigint()
@@ -179,3 +193,28 @@ class StopOnNonFiniteLoss(L.Callback):
             f"checkpoint: {checkpoint or 'none (no epoch had finished)'}. Lower "
             "model.optimizer.lr (or add a warm-up) and train again"
         )
+
+
+class FitTime(L.Callback):
+    """The seconds a run has spent in fit over all its processes: this one's since fit
+    started, plus those of the processes before it, saved in each checkpoint (a resumed run
+    reads them from the checkpoint it continues from; time after that checkpoint, in a
+    process that was killed, is not counted: its work is done again)."""
+
+    def __init__(self) -> None:
+        self.earlier = 0.0
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        now = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self.earlier + now
+
+    def state_dict(self) -> dict:
+        return {"fit_seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier = float(state_dict.get("fit_seconds", 0.0))

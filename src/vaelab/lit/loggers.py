@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardL
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
@@ -113,15 +113,21 @@ class SummaryWriter(TorchSummaryWriter):
     """``torch.utils.tensorboard.SummaryWriter`` whose events go to an ``EventFile`` (written in
     the calling thread: a storage fault is a one-line ``StorageError`` where it happens), as do
     the projector's files (``add_embedding``). Every TensorBoard file vaelab writes goes through
-    it. ``max_queue`` and ``flush_secs`` have no effect (nothing is queued); ``purge_step`` and
-    ``add_scalars`` (a writer per scalar) are not supported."""
+    it. ``max_queue`` and ``flush_secs`` have no effect (nothing is queued); ``add_scalars`` (a
+    writer per scalar) is not supported. ``purge_step`` works as in torch's: the new file
+    starts with a session start at that step, and TensorBoard drops the events of earlier
+    files at that step and after (what a resumed run logs again)."""
 
     def _get_file_writer(self) -> FileWriter:
         if self.all_writers is None or self.file_writer is None:  # first use, or closed
-            if self.purge_step is not None:
-                raise TypeError("vaelab's SummaryWriter does not support purge_step")
             self.file_writer = _FileWriter(self.log_dir, self.filename_suffix)
             self.all_writers = {self.file_writer.get_logdir(): self.file_writer}
+            if self.purge_step is not None:  # as torch's FileWriter does, once
+                start = SessionLog(status=SessionLog.START)
+                self.file_writer.add_event(
+                    Event(wall_time=time.time(), step=self.purge_step, session_log=start)
+                )
+                self.purge_step = None
         return self.file_writer
 
     def add_scalars(self, *args, **kwargs):
@@ -142,7 +148,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     LAYOUT = {
         "ELBO terms, train and val (nats per image)": {
-            term: ["Multiline", [f"train/{term}", f"val/{term}"]]
+            term: ["Multiline", [f"^train/{term}$", f"^val/{term}$"]]  # regexes, anchored
             for term in ("loss", "recon", "kl")
         }
     }

@@ -3,12 +3,14 @@ run infrastructure (config checks, checkpoints and resume, DDP in sweeps, sweep 
 terminal reports).
 
 Importing it registers the resolvers the configs use: ``${vaelab_root:}`` (``configs/paths``)
-and ``${vaelab_tensorboard_dir:<run dir>}`` (``configs/logger``)."""
+``${vaelab_tensorboard_dir:<run dir>}`` (``configs/logger``), and ``${vaelab_job_record:..}``
+and ``${vaelab_job_log:..}`` (``configs/hydra``: what a sweep job run again writes)."""
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vaelab.runs.resume import job_log, job_record
 from vaelab.runs.tensorboard import tensorboard_dir
 
 
@@ -25,3 +27,7 @@ if not OmegaConf.has_resolver("vaelab_root"):
     OmegaConf.register_new_resolver("vaelab_root", project_root)
 if not OmegaConf.has_resolver("vaelab_tensorboard_dir"):
     OmegaConf.register_new_resolver("vaelab_tensorboard_dir", tensorboard_dir)
+if not OmegaConf.has_resolver("vaelab_job_record"):
+    OmegaConf.register_new_resolver("vaelab_job_record", job_record)
+if not OmegaConf.has_resolver("vaelab_job_log"):
+    OmegaConf.register_new_resolver("vaelab_job_log", job_log)

@@ -61,9 +61,9 @@ def quiet_known_warnings() -> None:
     """Silence Lightning's advice that does not apply to in-memory batches, to epoch means
     that torchmetrics already reduces over DDP ranks or to a resumed epoch (the data module
     restores its position itself), its deprecation notice about torch 2.13's pytree API
-    (not ours to fix), and its note at every new run that it looked for a checkpoint to
-    continue from (SaveOnInterrupt is an OnExceptionCheckpoint, which makes Lightning look;
-    vaelab names the checkpoint to continue from itself: resume=, ckpt_path=)."""
+    (not ours to fix), and its note that the checkpoint folder is not empty: a run writes
+    into a folder with checkpoints only when it continues them (``resume=``; a new run into
+    such a folder is refused before it starts)."""
     for pattern in (
         ".*does not have many workers.*",
         ".*`num_workers`.*",
@@ -71,8 +71,7 @@ def quiet_known_warnings() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",
         ".*when logging on epoch level in distributed setting.*",
         ".*your dataloader is not resumable.*",
-        r".*`\.fit\(ckpt_path=None\)` was called without a model.*",
-        r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint available.*',
+        r".*Checkpoint directory .* exists and is not empty.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 

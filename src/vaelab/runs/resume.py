@@ -16,6 +16,7 @@ are the sweep's, so that job N is the same job as before.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -166,6 +167,58 @@ def _resume_argv(argv: list[str]) -> list[str]:
         f"hydra.run.dir={hydra_quote(str(run_dir))}",
         f"hydra.output_subdir=.hydra/resume-{number:03d}",
     ]
+
+
+def _continued_job(run_dir: Path) -> str | None:
+    """For a job of a multirun started again in its dir: 'finished' (its metrics.json is
+    there: ``continue_job`` skips it), 'stopped' (it left checkpoints: it continues from them)
+    or None (a new job, or one that failed before its first checkpoint)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    if (run_dir / "metrics.json").is_file():
+        return "finished"
+    if any((run_dir / "checkpoints").glob("*.ckpt")):
+        return "stopped"
+    return None
+
+
+def job_record(output_dir: str) -> str | None:
+    """``hydra.output_subdir`` of a run (``${vaelab_job_record:<run dir>}``): where Hydra
+    writes its record of this invocation. ``.hydra``, except for a job of a sweep run again
+    in its dir: none for a finished job (it is skipped, its ``.hydra/`` is left as it ran)
+    and ``.hydra/resume-NNN`` for one that continues from its checkpoints, as
+    ``resume=<run_dir>`` gives a single run."""
+    run_dir = Path(output_dir)
+    state = _continued_job(run_dir)
+    if state == "finished":
+        return None
+    if state == "stopped":
+        return f".hydra/resume-{len(list((run_dir / '.hydra').glob('resume-*'))) + 1:03d}"
+    return ".hydra"
+
+
+def job_log(output_dir: str, job_name: str) -> str:
+    """The log file of a run (``${vaelab_job_log:<run dir>,<job name>}``): ``<job name>.log``
+    in its dir, which a continued run appends to; none (the null device) for a finished job
+    of a sweep run again, whose files are left as they were."""
+    if _continued_job(Path(output_dir)) == "finished":
+        return os.devnull
+    return str(Path(output_dir) / f"{job_name}.log")
+
+
+def discard_refused_run(run_dir: Path, record: str | None) -> None:
+    """Undo what Hydra wrote for a command refused before it trained: this invocation's
+    record of a continued run (``.hydra/resume-NNN``), or a new run dir that holds nothing
+    but ``.hydra/`` and the log."""
+    if record and Path(record) != Path(".hydra") and (run_dir / record).is_dir():
+        shutil.rmtree(run_dir / record)
+    elif run_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir)
 
 
 def resume_command(run_dir: str | Path, script: str | None = None) -> str:

@@ -29,6 +29,8 @@ METRICS = (
     "test/recon",
     "test/kl",
     "test/nll",
+    "test/nll_k",
+    "test/nll_images",
     "test/active_units",
     "val/loss",
     "val/active_units_last",
@@ -123,12 +125,13 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     if not rows:
         return rows
     params = swept_params(rows)
-    header = ["job", *params, *METRICS, "status", "error"]
+    header = ["job", *params, *METRICS, "resumed", "status", "error"]
     table = [
         [
             r["job"],
             *(r["params"].get(p, "") for p in params),
             *(r["metrics"].get(m, "") for m in METRICS),
+            "yes" if r["metrics"].get("resumed_from") else "",
             r["status"],
             r["error"],
         ]

@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import TrainingInterrupted
-from vaelab.lit.fault_tolerance import SaveOnInterrupt, signal_name
+from vaelab.lit.fault_tolerance import FitTime, SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages, vaelab_cause
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
+from vaelab.runs.preflight import refuse_new_run_into
 from vaelab.runs.report import print_summary, write_metrics
 from vaelab.runs.sweep import continue_job
 from vaelab.runs.tensorboard import log_run_hparams
@@ -33,13 +33,18 @@ log = logging.getLogger(__name__)
 def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate each entry of a config group that holds several named objects
     (``callbacks``, ``logger``); entries without ``_target_`` or set to null are skipped."""
+    return [instantiate(conf) for conf in _group_entries(group)]
+
+
+def _group_entries(group: DictConfig | None) -> list[DictConfig]:
     if not group:
         return []
-    return [
-        instantiate(conf)
-        for conf in group.values()
-        if isinstance(conf, DictConfig) and "_target_" in conf
-    ]
+    return [conf for conf in group.values() if isinstance(conf, DictConfig) and "_target_" in conf]
+
+
+def _is_tensorboard(conf: DictConfig) -> bool:
+    target = get_object(conf._target_)
+    return isinstance(target, type) and issubclass(target, TensorBoardLogger)
 
 
 @contextmanager
@@ -75,9 +80,22 @@ def runtime_settings(cfg: DictConfig):
                 torch.set_flush_denormal(False)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+def resumed_step(checkpoint: Path | None) -> int | None:
+    """The global step of the checkpoint a run continues from (None for a new run)."""
+    if checkpoint is None:
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(state.get("global_step", 0))
+
+
+def build(
+    cfg: DictConfig, resume_from: Path | None = None
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the data module (and find its files), the model and the Trainer with its
-    callbacks and loggers. Missing or broken data fails here, before the model is built."""
+    callbacks and loggers. Missing or broken data fails here, before the model is built.
+    A run continued from a checkpoint at step S gives its TensorBoard loggers
+    ``purge_step=S+1``: TensorBoard drops what the earlier process logged after that
+    checkpoint, which this one logs again (no step twice in the charts)."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     try:
@@ -87,8 +105,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         if cause is None:
             raise
         raise cause from None
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [*instantiate_group(cfg.get("callbacks")), FitTime()]
+    step = resumed_step(resume_from)
+    loggers = [
+        instantiate(conf, purge_step=step + 1)
+        if step is not None and _is_tensorboard(conf)
+        else instantiate(conf)
+        for conf in _group_entries(cfg.get("logger"))
+    ]
     start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -106,21 +130,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if earlier is not None:
         return earlier
     resume_from = checkpoint_to_resume(cfg)
+    if resume_from is None:
+        refuse_new_run_into(Path(cfg.paths.output_dir), cfg)
     with runtime_settings(cfg):
         return fit_and_test(cfg, resume_from)
 
 
 def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
     """``train`` once the config and the checkpoint to resume from are checked."""
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(cfg, resume_from)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    start = time.perf_counter()
     with interruptible(trainer, cfg.paths.output_dir):
         # weights_only: a checkpoint may hold tensors and plain containers, never code
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = next(c for c in trainer.callbacks if isinstance(c, FitTime)).seconds
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     checkpoint = trainer.checkpoint_callback
@@ -152,7 +177,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
         epochs=trainer.current_epoch, fit_seconds=round(fit_seconds, 3), best_checkpoint=best_path
     )
     if resume_from is not None:
-        metrics["resumed_from"] = str(resume_from)  # fit_seconds counts this process only
+        metrics["resumed_from"] = str(resume_from)  # fit_seconds counts the earlier processes
     if trainer.is_global_zero:  # one writer under DDP; every rank returns the same metrics
         log_run_hparams(trainer, cfg, metrics)
         write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
