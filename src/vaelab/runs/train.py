@@ -22,6 +22,7 @@ from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
+from vaelab.runs.linear_path import resolve_onednn_linear
 from vaelab.runs.report import print_summary, write_metrics
 from vaelab.runs.sweep import continue_job
 from vaelab.runs.tensorboard import log_run_hparams
@@ -79,7 +80,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     callbacks and loggers. Missing or broken data fails here, before the model is built."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
-    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    # model.onednn_linear=auto: the faster linear path on this machine, decided here
+    linear_path = resolve_onednn_linear(cfg)
+    model: L.LightningModule = instantiate(cfg.model, _convert_="all", **linear_path)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep

@@ -35,7 +35,7 @@ from vaelab.science.bounds import (
     log_standard_normal,
     posterior_samples,
 )
-from vaelab.science.fast_linear import OneDNNLinear
+from vaelab.science.fast_linear import OneDNNLinear, choose_onednn_linear, linear_shapes
 from vaelab.science.likelihoods import get_likelihood
 from vaelab.science.networks import encoder_decoder
 
@@ -70,7 +70,9 @@ class VAE(nn.Module):
     convolutions with ``hidden_dims`` = [c1, c2] channels). ``likelihood``: ``bernoulli``,
     ``gaussian`` or ``continuous_bernoulli`` (``vaelab.science.likelihoods``).
     ``onednn_linear``: fp32 linear layers on the CPU through oneDNN (same parameters and
-    results; ``vaelab.science.fast_linear``); off: ``nn.Linear``.
+    results; ``vaelab.science.fast_linear``); off: ``nn.Linear``; ``"auto"``: the faster of
+    the two on this CPU for these layers at batch 128 (train.py decides at the run's batch
+    size before building: ``vaelab.runs.linear_path``).
     """
 
     def __init__(
@@ -81,12 +83,17 @@ class VAE(nn.Module):
         architecture: str = "mlp",
         batch_norm: bool = False,
         likelihood: str = "bernoulli",
-        onednn_linear: bool = True,
+        onednn_linear: bool | str = True,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
         self.likelihood = get_likelihood(likelihood)
+        if onednn_linear == "auto":  # the layers' sizes from a copy on the meta device
+            with torch.device("meta"):
+                shapes = encoder_decoder(architecture, self.input_shape, hidden_dims, latent_dim)
+            layers = linear_shapes(nn.ModuleList(shapes[:2])) + [(shapes[2], 2 * latent_dim)]
+            onednn_linear = choose_onednn_linear(layers, 128)[0]
         self.linear_cls = OneDNNLinear if onednn_linear else nn.Linear
         self.encoder, self.decoder, features = encoder_decoder(
             architecture, self.input_shape, hidden_dims, latent_dim, batch_norm, self.linear_cls
