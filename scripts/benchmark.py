@@ -14,6 +14,17 @@ default 5000) on the
 first ``--nll-images`` test images and extrapolates it to the 10 000 of the test set
 (``--nll-images 10000`` times all of them; ``--nll-images 0`` skips it).
 
+Stronger yardsticks in the same rounds (``scripts/plain_loop.py``): (c) ``plain``, the same
+model and recipe as a plain in-memory PyTorch loop with no framework (the fastest eager loop
+we could write), (d) ``pythae``, pythae 0.1.2's ``BaseTrainer`` on the same model and
+recipe (skipped, with the reason, where pythae does not import), both on vaelab's default
+55 000 / 5000 split with validation every epoch, against (e) ``vaelab_default``, the default
+config (``python train.py``'s run: validation, checkpoints, figures) through the Trainer.
+These three report fit samples/s (training images x epochs / seconds of the whole fit) and
+the test loss after E epochs; vaelab's ratios are to its default run. Their linear layers
+take the path ``model.onednn_linear=auto`` takes here (``--linear`` forces either).
+``--sides`` picks the sides (default: all).
+
     python scripts/benchmark.py --whole [--epochs 20] [--rounds 1] [overrides]
 
 Whole processes instead, from start to exit, as a user runs them: ``python train.py`` (the
@@ -38,6 +49,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
+from plain_loop import pythae_missing, run_plain, run_pythae
 from reference_vae import ReferenceMNIST, ReferenceVAE, test_epoch, train_epoch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -49,6 +61,7 @@ from vaelab.lit.callbacks import EpochThroughput
 from vaelab.runs.train import build, runtime_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("reference", "vaelab", "plain", "pythae", "vaelab_default")
 
 
 # ---- (a) the reference script (scripts/reference_vae.py) ------------------------------
@@ -97,7 +110,16 @@ def time_nll(net: nn.Module, x: torch.Tensor, k: int) -> dict:
     }
 
 
-def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, nll_images: int):
+def run_vaelab(
+    data_root: Path,
+    epochs: int,
+    overrides: list[str],
+    nll_k: int,
+    nll_images: int,
+    experiment: str | None = "seed_reference",
+):
+    """vaelab through the Trainer: ``experiment=seed_reference`` (against the reference
+    script), or with ``experiment=None`` the default run (against the plain loop)."""
     with (
         tempfile.TemporaryDirectory() as out,
         initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"),
@@ -105,7 +127,7 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, n
         cfg = compose(
             "train",
             overrides=[
-                "experiment=seed_reference",
+                *([f"experiment={experiment}"] if experiment else []),
                 f"paths.data_dir={data_root}",
                 f"trainer.max_epochs={epochs}",
                 "callbacks.test_metrics=null",  # time the ELBO test pass alone (NLL: see below)
@@ -116,7 +138,9 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, n
             cfg.paths.output_dir = out
         with runtime_settings(cfg):
             datamodule, model, trainer = build(cfg)
+            start = time.perf_counter()
             trainer.fit(model, datamodule=datamodule)
+            fit_seconds = time.perf_counter() - start
             (timer,) = [c for c in trainer.callbacks if isinstance(c, EpochThroughput)]
             start = time.perf_counter()
             test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
@@ -127,7 +151,10 @@ def run_vaelab(data_root: Path, epochs: int, overrides: list[str], nll_k: int, n
     seconds = [r[2] for r in timer.records]
     return {
         "train_samples_per_sec": samples / sum(seconds),
+        "fit_samples_per_sec": samples / fit_seconds,
+        "fit_seconds": fit_seconds,
         "epoch_seconds": seconds,
+        "linear": "oneDNN" if model.hparams.get("onednn_linear") is True else "nn",
         "test_images_per_sec": len(datamodule.data_test) / test_seconds,
         "test_loss": test["test/loss"],
         **nll,
@@ -147,6 +174,15 @@ def cpu_name() -> str:
 def run_side(side: str, data_root: Path, args) -> dict:
     if side == "vaelab":
         return run_vaelab(data_root, args.epochs, args.overrides, args.nll_k, args.nll_images)
+    if side == "vaelab_default":
+        overrides = [f"data.val_size={args.val_size}", *args.overrides]
+        return run_vaelab(data_root, args.epochs, overrides, 0, 0, experiment=None)
+    if side == "plain":
+        return run_plain(data_root, args.epochs, args.seed, args.device, args.linear, args.val_size)
+    if side == "pythae":
+        return run_pythae(
+            data_root, args.epochs, args.seed, args.device, args.linear, args.val_size
+        )
     paths = ensure_files(data_root / "MNIST" / "raw", download_missing=False)
     train = ReferenceMNIST(*load_split(paths, "train", None))
     test = ReferenceMNIST(*load_split(paths, "test", None))
@@ -173,6 +209,10 @@ def run_in_subprocess(side: str, args) -> dict:
         str(args.nll_images),
         "--device",
         args.device,
+        "--linear",
+        args.linear,
+        "--val-size",
+        str(args.val_size),
         *args.overrides,
     ]
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -243,7 +283,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--nll-k", type=int, default=5000, help="importance samples per image")
     parser.add_argument("--nll-images", type=int, default=1000, help="test images for the NLL")
-    parser.add_argument("--side", choices=["reference", "vaelab"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help=f"comma-separated, of {','.join(SIDES)}"
+    )
+    parser.add_argument(
+        "--linear", default="auto", choices=["auto", "true", "false"],
+        help="the plain loop's and pythae's linear path (auto: as vaelab's default here)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val-size", type=int, default=5000, help="the 55 000 / 5000 split's hold-out"
+    )
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for vaelab's run")
     args = parser.parse_args()
 
@@ -264,21 +314,46 @@ def main() -> None:
     if args.side:  # one side in this fresh process; the parent reads its JSON line
         print(json.dumps(run_side(args.side, data_root, args)))
         return
-    results: dict[str, list[dict]] = {"reference": [], "vaelab": []}
+    sides = [s for s in SIDES if s in args.sides.split(",")]
+    skipped = {}
+    if "pythae" in sides and (why := pythae_missing()):
+        print(f"pythae: skipped: {why}", file=sys.stderr)
+        skipped["pythae"] = why
+        sides.remove("pythae")
+    results: dict[str, list[dict]] = {side: [] for side in sides}
     for round_ in range(args.rounds):
-        for side in ("reference", "vaelab"):
+        for side in sides:
             print(f"round {round_ + 1}/{args.rounds}: {side} ...", file=sys.stderr, flush=True)
             results[side].append(run_in_subprocess(side, args))
 
     def median(name, key):
         return statistics.median(r[key] for r in results[name])
 
-    ref_speed, our_speed = (median(n, "train_samples_per_sec") for n in ("reference", "vaelab"))
-    summary = {
+    summary: dict = {
         "machine": machine(),
         "epochs": args.epochs,
         "rounds": args.rounds,
         "overrides": args.overrides,
+        "sides": sides,
+        "skipped": skipped,
+    }
+    print(f"\n{summary['machine']}; {args.epochs} epochs x {args.rounds} rounds, batch 128")
+    for reason in skipped.values():
+        print(f"pythae skipped: {reason}")
+    if {"reference", "vaelab"} <= set(sides):
+        summary |= reference_table(args, median)
+    yardsticks = [s for s in ("plain", "pythae") if s in sides]
+    if "vaelab_default" in sides and yardsticks:
+        summary |= yardstick_table(yardsticks, median)
+    summary |= {"runs": results, "vaelab_version": vaelab.__version__}
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def reference_table(args, median) -> dict:
+    """vaelab (experiment=seed_reference) against the reference script: training batches."""
+    ref_speed, our_speed = (median(n, "train_samples_per_sec") for n in ("reference", "vaelab"))
+    summary = {
         "reference_train_samples_per_sec": ref_speed,
         "vaelab_train_samples_per_sec": our_speed,
         "speedup": our_speed / ref_speed,
@@ -298,10 +373,7 @@ def main() -> None:
             if args.nll_images
             else {}
         ),
-        "runs": results,
-        "vaelab_version": vaelab.__version__,
     }
-    print(f"\n{summary['machine']}; {args.epochs} epochs x {args.rounds} rounds, batch 128")
     print(f"{'':28}{'reference':>12}{'vaelab':>12}{'ratio':>8}")
     print(f"{'train samples/s':28}{ref_speed:12.0f}{our_speed:12.0f}{our_speed / ref_speed:8.2f}")
     ref_test, our_test = summary["reference_test_loss"], summary["vaelab_test_loss"]
@@ -314,8 +386,43 @@ def main() -> None:
         )
         print(f"{f'NLL k={args.nll_k} images/s':28}{'-':>12}{per_sec:12.1f}")
         print(f"{'NLL, 10 000 test images':28}{'-':>12}{full:11.0f}s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def yardstick_table(yardsticks: list[str], median) -> dict:
+    """vaelab's default run against the plain loop and pythae: fit samples/s, test loss."""
+    ours = median("vaelab_default", "fit_samples_per_sec")
+    summary = {
+        "vaelab_default_fit_samples_per_sec": ours,
+        "vaelab_default_test_loss": median("vaelab_default", "test_loss"),
+    }
+    print(
+        f"\n{'55 000 / 5000 split':28}" + "".join(f"{s:>12}" for s in yardsticks) + "      vaelab"
+    )
+    speeds = {s: median(s, "fit_samples_per_sec") for s in yardsticks}
+    losses = {s: median(s, "test_loss") for s in yardsticks}
+    print(
+        f"{'fit samples/s':28}"
+        + "".join(f"{speeds[s]:12.0f}" for s in yardsticks)
+        + f"{ours:12.0f}"
+    )
+    print(
+        f"{'vaelab ratio':28}"
+        + "".join(f"{ours / speeds[s]:12.2f}" for s in yardsticks)
+        + f"{'':>12}"
+    )
+    print(
+        f"{'test loss (nats/image)':28}"
+        + "".join(f"{losses[s]:12.2f}" for s in yardsticks)
+        + f"{summary['vaelab_default_test_loss']:12.2f}"
+    )
+    for s in yardsticks:
+        summary |= {
+            f"{s}_fit_samples_per_sec": speeds[s],
+            f"{s}_test_loss": losses[s],
+            f"vaelab_default_over_{s}": ours / speeds[s],
+        }
+    return summary
 
 
 if __name__ == "__main__":

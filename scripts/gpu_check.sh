@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, under 8 minutes on one GPU: the gpu tests, the throughput
-# benchmark on the GPU, and the default 20-epoch run as a user starts it on the GPU; the figures
+# benchmark on the GPU (against the reference script, the plain PyTorch loop and, where
+# pythae imports, pythae's trainer), and the default 20-epoch run as a user starts it on the GPU; the figures
 # go to <out>/gpu_check.md (and .json, with the logs beside them).
 #
 #   bash scripts/gpu_check.sh prepare [DATA_ROOT]   # where pip works: wheels + MNIST into .gpu/
@@ -63,7 +64,7 @@ tests_rc=${PIPESTATUS[0]}
 set -e
 tests_seconds=$((SECONDS - start))
 
-step "throughput benchmark ($BENCH_EPOCHS epochs, reference and vaelab on $DEVICE)"
+step "throughput benchmark ($BENCH_EPOCHS epochs, reference, plain loop, pythae and vaelab on $DEVICE)"
 $PY scripts/benchmark.py --epochs "$BENCH_EPOCHS" --rounds 1 --device "$DEVICE" --data-root "$data" \
   --nll-images "$NLL_IMAGES" --json "$out/benchmark.json" 2>&1 | tee "$out/benchmark.log" | tail -n 8
 
@@ -107,6 +108,17 @@ lines = [
     f"- test loss after {b['epochs']} epochs: reference {b['reference_test_loss']:.2f},"
     f" vaelab {b['vaelab_test_loss']:.2f}",
 ]
+for side in ("plain", "pythae"):
+    if f"vaelab_default_over_{side}" in b:
+        lines.append(
+            f"- fit samples/s over {b['epochs']} epochs, 55 000 / 5000 split: {side}"
+            f" {b[f'{side}_fit_samples_per_sec']:.0f}, vaelab's default run"
+            f" {b['vaelab_default_fit_samples_per_sec']:.0f}"
+            f" ({b[f'vaelab_default_over_{side}']:.2f}x); test loss {b[f'{side}_test_loss']:.2f}"
+            f" against {b['vaelab_default_test_loss']:.2f}"
+        )
+for side, why in b.get("skipped", {}).items():
+    lines.append(f"- {side}: skipped ({why})")
 if "vaelab_nll_seconds_for_10000_images" in b:
     lines.append(
         f"- NLL k={b['nll_k']} on {b['nll_images']} test images, scaled to 10 000:"

@@ -57,6 +57,20 @@ def make_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 200, seed
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def linear_path_cache(tmp_path_factory) -> Path:
+    """The verdicts of ``model.onednn_linear=auto`` go to a folder of this test session (runs
+    started by tests inherit it), not to the user's cache."""
+    folder = tmp_path_factory.mktemp("vaelab-cache")
+    previous = os.environ.get("VAELAB_CACHE_DIR")
+    os.environ["VAELAB_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("VAELAB_CACHE_DIR", None)
+    else:
+        os.environ["VAELAB_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root with a synthetic 600/200-image MNIST in torchvision's layout."""

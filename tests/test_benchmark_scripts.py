@@ -37,3 +37,23 @@ def test_whole_process_mode_times_both_runs(synthetic_root, tmp_path):
         summary["reference_seconds"] / summary["vaelab_seconds"]
     )
     assert "process start to exit" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_plain_loop_and_vaelabs_default_run_compare(synthetic_root, tmp_path):
+    result = run_script(
+        "scripts/benchmark.py",
+        ["--sides", "plain,vaelab_default", "--epochs", "1", "--val-size", "100"]
+        + ["--data-root", str(synthetic_root), "--json", str(tmp_path / "bench.json")]
+        + ["data.checksums=null", "data.download=false", "callbacks.figures=null"],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "bench.json").read_text())
+    assert summary["sides"] == ["plain", "vaelab_default"]
+    (plain,) = summary["runs"]["plain"]
+    assert plain["fit_samples_per_sec"] > 0 and plain["linear"] in ("oneDNN", "nn")
+    assert 0 < plain["test_loss"] < 800  # 784 pixels: below a coin flip's ~543 after an epoch
+    assert summary["vaelab_default_over_plain"] == pytest.approx(
+        summary["vaelab_default_fit_samples_per_sec"] / summary["plain_fit_samples_per_sec"]
+    )
+    assert "fit samples/s" in result.stdout and "vaelab ratio" in result.stdout

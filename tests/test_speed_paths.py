@@ -3,14 +3,19 @@ torch.compile, the logit BCE path, oneDNN linear layers."""
 
 import copy
 import functools
+import json
+import logging
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_train
 
 from vaelab.data import MNISTDataModule
+from vaelab.errors import VaelabError
 from vaelab.lit.module import VAELitModule
+from vaelab.runs.config_checks import check_config
 from vaelab.science import fast_linear
 from vaelab.science.fast_linear import OneDNNLinear
 from vaelab.science.variants.vae import VAE
@@ -170,3 +175,82 @@ def test_onednn_linear_takes_strided_inputs_and_falls_back_off_its_path():
     assert double(torch.randn(4, 6, dtype=torch.float64)).dtype == torch.float64
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer.float()(torch.randn(4, 6)).dtype == torch.bfloat16
+
+
+# --- model.onednn_linear=auto: the linear path chosen for the machine --------------------
+
+SHAPES = [(784, 64), (64, 16), (8, 64), (64, 784)]
+
+
+@needs_onednn
+def test_the_probe_times_both_paths_quickly_and_leaves_the_random_state_alone():
+    state = torch.random.get_rng_state()
+    verdict = fast_linear.probe_onednn_linear(SHAPES, 32)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert isinstance(verdict["onednn"], bool) and verdict["ratio"] > 0
+    assert verdict["onednn"] == (verdict["ratio"] < fast_linear.ONEDNN_MARGIN)
+    assert verdict["seconds"] < 5  # about 0.3 s; generous for a loaded machine
+
+
+@needs_onednn
+def test_the_verdict_is_cached_per_machine_and_layer_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELAB_CACHE_DIR", str(tmp_path))
+    probes = []
+
+    def probe(shapes, batch_size):
+        probes.append((shapes, batch_size))
+        return {"onednn": True, "ratio": 0.8, "steps": 1, "rounds": 1, "seconds": 0.1}
+
+    monkeypatch.setattr(fast_linear, "probe_onednn_linear", probe)
+    first, why = fast_linear.choose_onednn_linear(SHAPES, 32)
+    assert first is True and "probed" in why and "0.80x" in why
+    again, why = fast_linear.choose_onednn_linear(SHAPES, 32)
+    assert again is True and "cached in" in why and len(probes) == 1
+    fast_linear.choose_onednn_linear(SHAPES, 64)  # another batch size: another probe
+    assert len(probes) == 2
+    (key,) = [k for k in json.loads((tmp_path / "linear_path.json").read_text()) if "batch 32" in k]
+    assert fast_linear.cpu_name() in key and torch.__version__ in key and "784x64" in key
+
+
+@needs_onednn
+def test_auto_builds_the_same_parameters_as_either_path(monkeypatch):
+    torch.manual_seed(8)
+    plain = VAE(hidden_dims=[64], latent_dim=4, onednn_linear=False)
+    monkeypatch.setattr(fast_linear, "probe_onednn_linear", lambda s, b: {
+        "onednn": True, "ratio": 0.5, "steps": 1, "rounds": 1, "seconds": 0.0})  # fmt: skip
+    torch.manual_seed(8)
+    auto = VAE(hidden_dims=[64], latent_dim=4, onednn_linear="auto")
+    assert any(type(m) is OneDNNLinear for m in auto.modules())
+    for a, b in zip(plain.state_dict().values(), auto.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_train_resolves_auto_for_the_run_and_says_so_in_the_log_file(tmp_path, caplog):
+    from vaelab.runs.linear_path import resolve_onednn_linear
+
+    cfg = compose_train(["model.hidden_dims=[32]", "model.latent_dim=4"], tmp_path)
+    assert cfg.model.onednn_linear == "auto"
+    log_file = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(log_file)
+    try:
+        with caplog.at_level(logging.INFO):
+            chosen = resolve_onednn_linear(cfg)
+            on_gpu = resolve_onednn_linear(compose_train(["trainer=gpu"], tmp_path))
+            bf16 = resolve_onednn_linear(compose_train(["trainer.precision=bf16-mixed"]))
+            forced = resolve_onednn_linear(compose_train(["model.onednn_linear=false"]))
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    assert chosen["onednn_linear"] in (True, False) and set(chosen) == {"onednn_linear"}
+    assert on_gpu == bf16 == {"onednn_linear": False} and forced == {}
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert len(lines) == 3 and all("model.onednn_linear=auto: " in line for line in lines)
+    assert "batch 128" in lines[0] and "not on the CPU" in lines[1]
+    assert not caplog.records  # not through the root logger: no terminal line
+
+
+def test_the_config_checks_take_auto_true_and_false_only(tmp_path):
+    for value in ("auto", "true", "false"):
+        check_config(compose_train([f"model.onednn_linear={value}"], tmp_path))
+    with pytest.raises(VaelabError, match=r"model.onednn_linear='fast' must be auto, true or"):
+        check_config(compose_train(["model.onednn_linear=fast"], tmp_path))

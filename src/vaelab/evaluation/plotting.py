@@ -78,7 +78,8 @@ def save_figure(fig: Figure, path) -> None:
     a one-line ``StorageError``."""
     try:
         with writing(path, "a figure"):
-            fig.savefig(path, dpi=120, bbox_inches="tight")
+            # zlib level 1, not 6: quicker to encode, files about 10 % larger
+            fig.savefig(path, dpi=120, bbox_inches="tight", pil_kwargs={"compress_level": 1})
     finally:
         plt.close(fig)
 

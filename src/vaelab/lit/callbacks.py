@@ -146,7 +146,10 @@ class VAEFigures(L.Callback):
         max_epochs = trainer.max_epochs or -1  # -1: no limit
         last = 0 < max_epochs <= epoch or trainer.should_stop
         if _tensorboards(trainer) and (epoch % self.every_n_epochs == 0 or last):
-            self._log_figures(trainer, pl_module, self.render(trainer, pl_module), epoch)
+            out = self.render(trainer, pl_module)
+            self._log_figures(trainer, pl_module, out, epoch)
+            # the weights do not change after the last validation: the PNGs reuse this render
+            self._last_render = (trainer.global_step, out) if last else None
 
     def _log_figures(self, trainer: L.Trainer, pl_module, out: dict, epoch: int) -> None:
         for writer in _tensorboards(trainer):
@@ -216,7 +219,11 @@ class VAEFigures(L.Callback):
         if self.figure_dir is None and self._logged_epoch == epoch:
             return
         pl_module.eval()
-        out = self.render(trainer, pl_module)
+        last = getattr(self, "_last_render", None)
+        out = (
+            last[1] if last and last[0] == trainer.global_step else self.render(trainer, pl_module)
+        )
+        self._last_render = None
         if self._logged_epoch != epoch and epoch > 0:  # stopped early: the final figures too
             self._log_figures(trainer, pl_module, out, epoch)
         if self.figure_dir is None:

@@ -140,6 +140,11 @@ RULES: tuple[Rule, ...] = (
     Rule("data.binarize", NamesFrom("vaelab.data.datamodule", "BINARIZE")),
     Rule("test_checkpoint", OneOf(("best", "last"))),
     # keys that only some versions of the model have: checked when the config has them
+    Rule(
+        "model.onednn_linear",
+        lambda v: isinstance(v, bool) or v == "auto",
+        "auto, true or false",
+    ),
     Rule("model.architecture", NamesFrom("vaelab.science.networks", "ARCHITECTURES")),
     Rule("model.objective", OneOf(("elbo", "iwae"))),
     Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),

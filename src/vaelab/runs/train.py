@@ -22,6 +22,7 @@ from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages, vaelab_cause
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.distributed import start_extra_ranks_as_this_job
+from vaelab.runs.linear_path import resolve_onednn_linear
 from vaelab.runs.preflight import refuse_new_run_into
 from vaelab.runs.report import print_summary, write_metrics
 from vaelab.runs.sweep import continue_job
@@ -98,8 +99,10 @@ def build(
     checkpoint, which this one logs again (no step twice in the charts)."""
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
+    # model.onednn_linear=auto: the faster linear path on this machine, decided here
+    linear_path = resolve_onednn_linear(cfg)
     try:
-        model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+        model: L.LightningModule = instantiate(cfg.model, _convert_="all", **linear_path)
     except InstantiationException as err:  # a variant refusing an argument: its own line
         cause = vaelab_cause(err)
         if cause is None:

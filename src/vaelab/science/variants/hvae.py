@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from vaelab.errors import VaelabError
 from vaelab.science.bounds import log_standard_normal
 from vaelab.science.distributions import DiagonalGaussian, Latents, draw_normal
-from vaelab.science.fast_linear import OneDNNLinear
+from vaelab.science.fast_linear import OneDNNLinear, choose_onednn_linear, linear_shapes
 from vaelab.science.likelihoods import get_likelihood
 from vaelab.science.networks import mlp
 from vaelab.science.variants.base import LatentVariableModel
@@ -92,9 +92,13 @@ class HVAE(LatentVariableModel):
         architecture: str = "mlp",
         batch_norm: bool = False,
         likelihood: str = "bernoulli",
-        onednn_linear: bool = True,
+        onednn_linear: bool | str = True,
     ) -> None:
         super().__init__()
+        if onednn_linear == "auto":  # the faster path for these layer sizes on this machine
+            with torch.device("meta"):
+                copy = HVAE(input_shape, hidden_dims, latent_dim, activation, architecture)
+            onednn_linear = choose_onednn_linear(linear_shapes(copy), 128)[0]
         sizes = [latent_dim] if isinstance(latent_dim, int) else list(latent_dim)
         widths = [list(h) if isinstance(h, Sequence) else [h] for h in hidden_dims]
         if architecture != "mlp":

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+import torch
+from torch import Tensor, nn
+
 from vaelab.errors import VaelabError
 from vaelab.science.distributions import GaussianPosterior, Latents, StandardNormalPrior
-from vaelab.science.fast_linear import OneDNNLinear
+from vaelab.science.fast_linear import OneDNNLinear, choose_onednn_linear, linear_shapes
 from vaelab.science.likelihoods import get_likelihood
 from vaelab.science.networks import encoder_decoder
 from vaelab.science.variants.base import LatentVariableModel
@@ -27,7 +30,9 @@ class VAE(LatentVariableModel):
     layers (``vaelab.science.networks.ACTIVATIONS``). ``likelihood``: ``bernoulli``,
     ``gaussian`` or ``continuous_bernoulli`` (``vaelab.science.likelihoods``).
     ``onednn_linear``: fp32 linear layers on the CPU through oneDNN (same parameters and
-    results; ``vaelab.science.fast_linear``); off: ``nn.Linear``.
+    results; ``vaelab.science.fast_linear``); off: ``nn.Linear``; ``"auto"``: the faster of
+    the two on this CPU for these layers at batch 128 (train.py decides at the run's batch
+    size before building: ``vaelab.runs.linear_path``).
     """
 
     def __init__(
@@ -38,7 +43,7 @@ class VAE(LatentVariableModel):
         architecture: str = "mlp",
         batch_norm: bool = False,
         likelihood: str = "bernoulli",
-        onednn_linear: bool = True,
+        onednn_linear: bool | str = True,
         activation: str = "relu",
     ) -> None:
         super().__init__()
@@ -51,6 +56,11 @@ class VAE(LatentVariableModel):
         self.latent_sizes = {"z": latent_dim}
         self.likelihood = get_likelihood(likelihood)
         self.activation = activation
+        if onednn_linear == "auto":  # the layers' sizes from a copy on the meta device
+            with torch.device("meta"):
+                shapes = encoder_decoder(architecture, self.input_shape, hidden_dims, latent_dim)
+            layers = linear_shapes(nn.ModuleList(shapes[:2])) + [(shapes[2], 2 * latent_dim)]
+            onednn_linear = choose_onednn_linear(layers, 128)[0]
         self.linear_cls = OneDNNLinear if onednn_linear else nn.Linear
         self.encoder, self.decoder, features = encoder_decoder(
             architecture,
