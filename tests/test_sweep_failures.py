@@ -22,7 +22,10 @@ def test_failed_job_is_listed_with_its_error_and_the_others_finish(synthetic_roo
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"error: 1 of 2 jobs failed, see {sweep / 'summary.md'}" in result.stderr
-    error = "VaelabError: model.latent_dim=0 must be an integer >= 1"
+    error = (
+        "VaelabError: model.latent_dim=0 must be an integer >= 1 (a list of them, one per "
+        "stochastic layer, for a hierarchy)"
+    )
     assert (sweep / "0" / "error.txt").read_text().startswith(error)
     assert (sweep / "1" / "metrics.json").is_file()
     with open(sweep / "summary.csv") as f:
