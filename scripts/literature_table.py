@@ -5,11 +5,12 @@ objective and data protocol (its header says how and where it departs):
 
     python scripts/literature_table.py --data-root DIR [--rows NAME ...]
         [--budget-minutes 30 | --epochs N | --full] [--device cpu|gpu] [--estimate-only]
-        [--out docs/results.md] [--log-dir logs/literature] [--override KEY=VALUE ...]
+        [--seed N] [--out docs/results.md] [--log-dir logs/literature] [--override KEY=VALUE ...]
         [--report-only]
 
 Each row is one command, ``python train.py experiment=ROW trainer.max_epochs=N ...``, run into
-``<log-dir>/ROW/0`` (a rerun replaces it). Before it, a calibration run of
+``<log-dir>/ROW/0`` (a rerun replaces it; with ``--seed N``, ``seed=N`` into
+``<log-dir>/ROW_seedN/0``, a further line of the table). Before it, a calibration run of
 ``--calibrate-steps`` optimizer steps (``<log-dir>/ROW/calibration``) measures the step time
 on this machine, which gives
 
@@ -140,10 +141,11 @@ def plan(row: str, base: list[str], args) -> dict:
 def run_row(row: str, args) -> int:
     """Calibrate, then run ``row`` on its budget into ``<log-dir>/row/0``; writes
     ``literature.json`` beside it. Returns the exit status."""
-    row_dir = args.log_dir / row
+    row_dir = args.log_dir / (row if args.seed is None else f"{row}_seed{args.seed}")
     shutil.rmtree(row_dir, ignore_errors=True)
     row_dir.mkdir(parents=True)
     base = [*(["trainer=gpu"] if args.device == "gpu" else [])]
+    base += [] if args.seed is None else [f"seed={args.seed}"]
     if args.data_root:
         base.append(f"paths.data_dir={near_root(args.data_root)}")
     base += args.override
@@ -227,26 +229,33 @@ def section(log_dir: Path, figure_path: Path, out: Path) -> str:
               "wall (min)", "machine", "command"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     estimates, curves = [], {}
-    for row, (what, paper, number, _) in ROWS.items():
-        info_path = log_dir / row / "literature.json"
+    entries = []  # (row, its folder under log_dir): each row, then its runs with --seed
+    for row in ROWS:
+        seeds = sorted(p.name for p in log_dir.glob(f"{row}_seed*") if p.is_dir())
+        entries += [(row, row), *((row, name) for name in seeds)]
+    for row, name in entries:
+        what, paper, number, _ = ROWS[row]
+        if name != row:
+            what += f", seed {name.rsplit('_seed', 1)[1]}"
+        info_path = log_dir / name / "literature.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else None
-        run_dir = log_dir / row / "0"
+        run_dir = log_dir / name / "0"
         metrics_path = run_dir / "metrics.json"
         paper_cell = num(number) if number is not None else "not quoted"
         if info and "full_length" in info:
             full = info["full_length"]
             fits = "fits" if full["fits_one_gpu_call"] else "does not fit"
             estimates.append(
-                f"- `{row}`: {full['epochs']} epochs = {full['steps']} steps at "
+                f"- `{name}`: {full['epochs']} epochs = {full['steps']} steps at "
                 f"{1 / info['calibration']['seconds_per_step']:.1f} steps/s on "
                 f"{info['device']} ({info['machine'].split(';')[0]}): about "
                 f"{minutes(full['seconds'])} min; {fits} in one {GPU_CALL_SECONDS // 60}-minute "
                 "call"
             )
         elif info and ROWS[row][3]:
-            estimates.append(f"- `{row}`: no estimate (its calibration run failed)")
+            estimates.append(f"- `{name}`: no estimate (its calibration run failed)")
         if not info or info.get("estimate_only") or not metrics_path.exists():
-            cells = [f"`{row}`: {what}", paper, paper_cell, "not run yet", "", "", "", "", "", ""]
+            cells = [f"`{name}`: {what}", paper, paper_cell, "not run yet", "", "", "", "", "", ""]
         else:
             m = json.loads(metrics_path.read_text())
             nll = m.get("test/nll")
@@ -256,12 +265,12 @@ def section(log_dir: Path, figure_path: Path, out: Path) -> str:
             if planned and m.get("epochs") is not None and m["epochs"] < planned:
                 epochs += f" of {planned} (stopped early)"
             cells = [
-                f"`{row}`: {what}", paper, paper_cell,
+                f"`{name}`: {what}", paper, paper_cell,
                 f"{num(nll)} (k={m.get('test/nll_k', 0):.0f})" if nll is not None else "no NLL",
                 gap, epochs, minutes(m.get("fit_seconds")), minutes(info.get("wall_seconds")),
                 info["machine"].split(";")[0], f"`{info['command']}`",
             ]  # fmt: skip
-            curves[row] = val_curve(run_dir)
+            curves[name] = val_curve(run_dir)
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     text = [
         START,
@@ -303,6 +312,7 @@ def main() -> int:
     budget.add_argument("--epochs", type=int, help="epochs per row instead of a time budget")
     budget.add_argument("--full", action="store_true", help="the paper's length")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--seed", type=int, help="seed=N for the rows, into <log-dir>/<row>_seedN")
     parser.add_argument("--calibrate-steps", type=int, default=300)
     parser.add_argument(
         "--estimate-only", action="store_true",
