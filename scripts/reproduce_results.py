@@ -45,6 +45,8 @@ BURDA = (
     "Burda et al. (2015) report 86.76 nats for a one-stochastic-layer VAE (784-200-200-50, "
     "tanh) after 3280 epochs, 84.78 for IWAE with k=50"
 )
+# the section that scripts/literature_table.py writes, kept when this script rewrites the file
+LITERATURE = "literature"
 # name: (default epochs per job, multirun?, what it compares)
 EXPERIMENTS = {
     "exercise_architecture": (
@@ -327,6 +329,10 @@ def report(log_dir: Path, previous: Path | None = None) -> str:
             "",
             note(name, rows, params),
         ]
+    if LITERATURE in kept:  # written by scripts/literature_table.py: kept as it is
+        lines += ["", f"## {LITERATURE}", *kept[LITERATURE]]
+        while lines[-1] == "":
+            lines.pop()
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,17 @@ from hydra.utils import instantiate
 
 from vaelab.runs.train import instantiate_group
 
-GROUPS = ["data", "model", "kl", "trainer", "callbacks", "logger", "experiment", "debug"]
+GROUPS = [
+    "data",
+    "model",
+    "kl",
+    "lr_schedule",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 
 

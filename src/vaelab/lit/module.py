@@ -4,6 +4,7 @@ and logs exact per-image means per split."""
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 
 import lightning as L
@@ -61,6 +62,7 @@ class VAELitModule(L.LightningModule):
         beta: float = 1.0,
         kl_schedule: str = "constant",
         kl_warmup_steps: int = 10000,
+        kl_warmup_epochs: float | None = None,
         kl_cycles: int = 4,
         kl_cycle_ratio: float = 0.5,
         free_bits: float = 0.0,
@@ -131,11 +133,21 @@ class VAELitModule(L.LightningModule):
             self.global_step,
             hp.beta,
             hp.kl_schedule,
-            hp.kl_warmup_steps,
+            self.warmup_steps(),
             int(total),
             hp.kl_cycles,
             hp.kl_cycle_ratio,
         )
+
+    def warmup_steps(self) -> int:
+        """The linear warm-up's length in optimizer steps: ``kl_warmup_steps``, or when
+        ``kl_warmup_epochs`` is set, that many epochs of this run's optimizer steps per epoch
+        (read from the Trainer at the start of fit, so it follows the batch size, the
+        hold-out and ``limit_train_batches``)."""
+        epochs = self.hparams.get("kl_warmup_epochs")
+        if epochs is None:
+            return self.hparams.kl_warmup_steps
+        return round(epochs * getattr(self, "_steps_per_epoch", 1))
 
     def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, ElboTerms]:
         """(scalar to minimise, per-image ELBO terms to log) for one training batch."""
@@ -162,6 +174,10 @@ class VAELitModule(L.LightningModule):
     def on_train_start(self) -> None:
         # the cyclical schedule's length, read once: Lightning recomputes it on each access
         self._total_steps = int(self.trainer.estimated_stepping_batches)
+        # optimizer steps per epoch, for a warm-up given in epochs (kl_warmup_epochs)
+        batches = self.trainer.num_training_batches
+        if math.isfinite(batches):
+            self._steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     def configure_model(self) -> None:
         if self.hparams.compile:  # in place: parameter names, hence checkpoints, stay the same

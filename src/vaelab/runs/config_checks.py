@@ -150,6 +150,11 @@ RULES: tuple[Rule, ...] = (
     Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),
     Rule("model.kl_schedule", NamesFrom("vaelab.science.schedules", "KL_SCHEDULES")),
     Rule("model.kl_warmup_steps", int_at_least(0), "an integer >= 0 (optimizer steps)"),
+    Rule(
+        "model.kl_warmup_epochs",
+        lambda v: v is None or number_at_least(0)(v),
+        "null (kl_warmup_steps counts) or a number >= 0 (epochs)",
+    ),
     Rule("model.kl_cycles", int_at_least(1), "an integer >= 1"),
     Rule("model.kl_cycle_ratio", fraction, "a number in (0, 1] (rising part of each cycle)"),
     Rule("model.free_bits", number_at_least(0), "a finite number >= 0 (nats per latent dimension)"),

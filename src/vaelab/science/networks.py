@@ -5,25 +5,49 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
 
 ARCHITECTURES = ("mlp", "conv")
-# the hidden layers' nonlinearity (Burda et al. 2016 and Tomczak & Welling 2018 use tanh)
+
+
+class Gate(nn.Module):
+    """The gated linear unit of Tomczak & Welling (2018, after Dauphin et al. 2017): the
+    layer before it is twice as wide, [a, b] = W x + c, and h = a * sigmoid(b), which is
+    (W1 x + c1) * sigmoid(W2 x + c2) with W = [W1; W2] (one matrix product, not two)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return a * torch.sigmoid(b)
+
+
+# the hidden layers' nonlinearity (Burda et al. 2016 use tanh). ``gated`` is a name here
+# rather than a separate key (model.gated) because it replaces the nonlinearity: the paper's
+# gated layer has no other activation, so gated + tanh would be a third model nobody uses, and
+# every variant that passes ``activation`` to ``mlp`` gets it with no change of its signature.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
     "leaky_relu": nn.LeakyReLU,
+    "gated": Gate,
 }
 
 
 def activation_layer(name: str) -> nn.Module:
-    """A new module of the activation called ``name`` (one of ``ACTIVATIONS``)."""
+    """A new module of the activation called ``name`` (one of ``ACTIVATIONS``); for
+    ``gated`` the layer before it must be ``width_factor(name)`` times as wide."""
     if name not in ACTIVATIONS:
         raise VaelabError(f"model.activation={name!r} must be one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
+
+
+def width_factor(activation: str) -> int:
+    """How many outputs the layer before ``activation`` has per hidden unit: 2 for ``gated``
+    (value and gate), 1 otherwise."""
+    return 2 if activation == "gated" else 1
 
 
 def mlp(
@@ -33,11 +57,12 @@ def mlp(
     activation: str = "relu",
 ) -> nn.Sequential:
     """``linear`` layers of the given sizes, each followed by (BatchNorm1d and) the
-    activation."""
+    activation; ``gated``: each layer has twice the outputs, halved by the gate."""
     layers: list[nn.Module] = []
+    factor = width_factor(activation)
     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        layers.append(linear(n_in, n_out))
-        layers += [nn.BatchNorm1d(n_out)] if batch_norm else []
+        layers.append(linear(n_in, factor * n_out))
+        layers += [nn.BatchNorm1d(factor * n_out)] if batch_norm else []
         layers.append(activation_layer(activation))
     return nn.Sequential(*layers)
 
@@ -74,6 +99,11 @@ def conv_pair(
     """Two stride-2 convolutions (``hidden_dims`` = their channels [c1, c2]) down to H/4 x W/4,
     mirrored by transposed convolutions: (encoder, decoder, encoder output width)."""
     channels, height, width = input_shape
+    if width_factor(activation) != 1:
+        raise VaelabError(
+            f"model.activation={activation!r} is a layer of the mlp architecture; the conv "
+            "architecture takes a pointwise one: relu, tanh, elu, leaky_relu"
+        )
     if len(hidden_dims) != 2 or height % 4 or width % 4:
         raise VaelabError(
             "the conv architecture needs hidden_dims=[c1, c2] and H, W divisible by 4"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
 from vaelab.science.distributions import DiagonalGaussian, Latents
-from vaelab.science.networks import activation_layer
+from vaelab.science.networks import activation_layer, width_factor
 from vaelab.science.variants.vae import VAE
 
 
@@ -53,8 +53,11 @@ class AutoregressiveStep(nn.Module):
         degree_in = torch.empty(dim, dtype=torch.long)
         degree_in[order] = torch.arange(1, dim + 1)
         degree_hidden = torch.arange(hidden) % max(1, dim - 1) + 1
-        self.to_hidden = MaskedLinear(degree_hidden[:, None] >= degree_in[None, :])
-        self.context_to_hidden = nn.Linear(context, hidden)
+        hidden_mask = degree_hidden[:, None] >= degree_in[None, :]
+        # gated: value and gate of each hidden unit, both with the unit's mask
+        factor = width_factor(activation)
+        self.to_hidden = MaskedLinear(torch.cat([hidden_mask] * factor))
+        self.context_to_hidden = nn.Linear(context, factor * hidden)
         out_mask = degree_in[:, None] > degree_hidden[None, :]
         self.to_out = MaskedLinear(torch.cat([out_mask, out_mask]))
         self.context_to_out = nn.Linear(context, 2 * dim)
@@ -118,7 +121,8 @@ class IAF(VAE):
         dim = self.latent_sizes["z"]
         features = self.to_posterior.in_features
         self.to_context = nn.Sequential(
-            self.linear_cls(features, context_dim), activation_layer(self.activation)
+            self.linear_cls(features, width_factor(self.activation) * context_dim),
+            activation_layer(self.activation),
         )
         orders = [torch.arange(dim), torch.arange(dim).flip(0)]
         self.flow = nn.ModuleList(
