@@ -69,9 +69,11 @@ class MixturePrior:
         features = torch.cat([flat.square(), flat, torch.ones_like(flat[:, :1])], -1)
         approx = features @ self.weights  # [N, K]
         top, k = approx.max(-1)
-        total = torch.logsumexp(approx, -1)
+        # the mass relative to the top component's (in place: this is most of the cost)
+        mass = approx.sub_(top.unsqueeze(-1)).exp_().sum(-1)  # >= 1
+        total = top + torch.log(mass)
         # the others' share of the mass, and the mixture with the top component exact
-        rest = -torch.expm1(top - total)
+        rest = 1 - 1 / mass
         tiny = torch.finfo(rest.dtype).tiny  # no log(0), no NaN gradient
         log_p = torch.logaddexp(self._exact(flat, k), total + torch.log(rest.clamp_min(tiny)))
         eps = torch.finfo(approx.dtype).eps
