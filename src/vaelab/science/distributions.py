@@ -71,11 +71,7 @@ class DiagonalGaussian:
     def mean(self) -> Tensor:
         return self.mu
 
-    def rsample(
-        self, k: int | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """z = mu + sigma * eps: [..., k, D] (k=None: [..., D]) and log N(z; mu, sigma) [..., k]
-        (k=None: [...])."""
+    def _draw(self, k: int | None, generator: torch.Generator | None):
         mu, logvar = (
             (self.mu, self.logvar)
             if k is None
@@ -83,9 +79,20 @@ class DiagonalGaussian:
         )
         shape = mu.shape if k is None else (*mu.shape[:-2], k, mu.shape[-1])
         eps = draw_normal(shape, mu, generator)
-        z = torch.addcmul(mu, eps, torch.exp(0.5 * logvar))
-        log_q = -0.5 * (eps.square().sum(-1) + logvar.sum(-1) + mu.shape[-1] * LOG_2PI)
+        return torch.addcmul(mu, eps, torch.exp(0.5 * logvar)), eps, logvar
+
+    def rsample(
+        self, k: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """z = mu + sigma * eps: [..., k, D] (k=None: [..., D]) and log N(z; mu, sigma) [..., k]
+        (k=None: [...])."""
+        z, eps, logvar = self._draw(k, generator)
+        log_q = -0.5 * (eps.square().sum(-1) + logvar.sum(-1) + z.shape[-1] * LOG_2PI)
         return z, log_q
+
+    def draw(self, k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """``rsample``'s z alone (the same draws from the same generator state)."""
+        return self._draw(k, generator)[0]
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log N(z; mu, sigma) summed over the last dimension (broadcasting), nats."""
@@ -113,6 +120,10 @@ class GaussianPosterior:
     ) -> tuple[Latents, dict[str, Tensor]]:
         z, log_q = self.gaussian.rsample(k, generator)
         return {self.group: z}, {self.group: log_q}
+
+    def draw(self, k: int | None = None, generator: torch.Generator | None = None) -> Latents:
+        """``rsample``'s z alone: where the KL is in closed form, log q is not needed."""
+        return {self.group: self.gaussian.draw(k, generator)}
 
 
 class StandardNormalPrior:

@@ -91,18 +91,13 @@ class LatentVariableModel(nn.Module):
         logits = self.decode_logits(flat).view(*lead, *self.input_shape)
         return self.likelihood.log_prob(logits, x)
 
-    def kl_parts(self, q, z: Latents, log_q: dict[str, Tensor], p=None):
-        """(KL per group, closed form?): {group: [B, D_g]} in closed form where known, else
-        {group: [B, 1]}, log q - log p averaged over the draws z (groups [B, D_g] or
-        [B, K, D_g], log q [B] or [B, K])."""
-        p = self.prior() if p is None else p
-        closed = closed_form_kl(q, p)
-        if closed is not None:
-            return closed, True
+    def monte_carlo_kl(self, p, z: Latents, log_q: dict[str, Tensor]) -> dict[str, Tensor]:
+        """KL(q || p) per group estimated from draws z (groups [B, D_g] or [B, K, D_g]) and
+        their log q ([B] or [B, K]): log q - log p averaged over the draws, {group: [B, 1]}."""
         log_p = p.log_prob(z)
         many = next(iter(log_q.values())).dim() == 2
         parts = {g: log_q[g] - log_p[g] for g in log_q}
-        return {g: (v.mean(1) if many else v).unsqueeze(1) for g, v in parts.items()}, False
+        return {g: (v.mean(1) if many else v).unsqueeze(1) for g, v in parts.items()}
 
     def kl_per_dimension(self, q) -> Tensor | None:
         """KL(q || p) per latent dimension [B, sum of D_g] nats (the groups side by side) where
@@ -115,12 +110,19 @@ class LatentVariableModel(nn.Module):
         self, x: Tensor, k: int | None = None, generator: torch.Generator | None = None
     ) -> ElboParts:
         """The ELBO's terms for x [B, *input_shape]: one draw z ~ q(z|x) per image (k=None),
-        or recon and a Monte Carlo KL averaged over k draws."""
-        q = self.posterior(x)
-        z, log_q = q.rsample(k, generator)
+        or recon and a Monte Carlo KL averaged over k draws. The KL is in closed form where
+        ``closed_form_kl`` knows one (a ``GaussianPosterior``: its draws' log q is not
+        needed, so ``draw`` skips it), else ``monte_carlo_kl``."""
+        q, p = self.posterior(x), self.prior()
+        parts = closed_form_kl(q, p)
+        closed = parts is not None
+        if closed:
+            z = q.draw(k, generator)
+        else:
+            z, log_q = q.rsample(k, generator)
+            parts = self.monte_carlo_kl(p, z, log_q)
         log_px = self.log_px_given_z(z, x)
         recon = -(log_px if k is None else log_px.mean(1))
-        parts, closed = self.kl_parts(q, z, log_q)
         kl = total({g: v.sum(1) for g, v in parts.items()})
         return ElboParts(recon, kl, parts, closed, q)
 

@@ -83,7 +83,7 @@ class VAE(LatentVariableModel):
 
     def prior(self) -> StandardNormalPrior:
         """p(z) = N(0, I)."""
-        return StandardNormalPrior(self.latent_sizes, self.device_like())
+        return StandardNormalPrior(self.latent_sizes, self.to_posterior.weight)
 
     def decode_logits(self, z: Latents) -> Tensor:
         """z {"z": [N, latent_dim]} -> logits [N, *input_shape]."""
