@@ -254,3 +254,21 @@ def test_the_config_checks_take_auto_true_and_false_only(tmp_path):
         check_config(compose_train([f"model.onednn_linear={value}"], tmp_path))
     with pytest.raises(VaelabError, match=r"model.onednn_linear='fast' must be auto, true or"):
         check_config(compose_train(["model.onednn_linear=fast"], tmp_path))
+
+
+def test_several_processes_take_no_per_rank_probe():
+    from omegaconf import OmegaConf
+
+    from vaelab.runs.linear_path import resolve_onednn_linear, several_processes
+
+    assert not several_processes(OmegaConf.create({"devices": 1}))
+    assert several_processes(OmegaConf.create({"devices": 2}))
+    assert several_processes(OmegaConf.create({"devices": 1, "strategy": "ddp"}))
+    cfg = OmegaConf.create(
+        {
+            "model": {"onednn_linear": "auto"},
+            "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2},
+            "data": {"batch_size": 64},
+        }
+    )
+    assert resolve_onednn_linear(cfg) == {"onednn_linear": False}

@@ -36,6 +36,14 @@ def runs_on_cpu(trainer_cfg: DictConfig) -> bool:
     return accelerator == "cpu"
 
 
+def several_processes(trainer_cfg: DictConfig) -> bool:
+    """Whether the Trainer of ``trainer_cfg`` runs more than one process (DDP)."""
+    devices = trainer_cfg.get("devices", 1)
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    many = devices not in (1, "1", None) and not (isinstance(devices, list) and len(devices) == 1)
+    return many or nodes > 1 or "ddp" in str(trainer_cfg.get("strategy", ""))
+
+
 def resolve_onednn_linear(cfg: DictConfig) -> dict:
     """``{"onednn_linear": bool}`` to build ``cfg.model`` with when it says ``auto``, else
     ``{}``; logs the choice to the log file."""
@@ -49,6 +57,10 @@ def resolve_onednn_linear(cfg: DictConfig) -> dict:
         choice, why = False, "nn.Linear (mixed precision: the layers run under autocast)"
     elif model.get("compile", False):
         choice, why = False, "nn.Linear (torch.compile: compiled graphs use nn.Linear's path)"
+    elif several_processes(trainer):
+        # each rank would time its own probe, at the same moment on the same cores: the ranks
+        # could choose differently; the same model everywhere, without a probe
+        choice, why = False, "nn.Linear (several processes: no per-rank probe)"
     else:
         batch_size = int(cfg.get("data", {}).get("batch_size", 128))
         choice, why = choose_onednn_linear(model_linear_shapes(model), batch_size)
