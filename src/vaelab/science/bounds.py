@@ -43,19 +43,6 @@ def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(-1)
 
 
-def posterior_samples(
-    mu: Tensor, logvar: Tensor, k: int = 1, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """k reparameterized samples z = mu + sigma * eps per image, [B, k, D], and their
-    log q(z|x) [B, k]."""
-    eps = torch.randn(
-        (mu.shape[0], k, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype
-    )
-    z = torch.addcmul(mu.unsqueeze(1), eps, torch.exp(0.5 * logvar).unsqueeze(1))
-    log_q = -0.5 * (eps.square().sum(-1) + logvar.sum(-1, keepdim=True) + mu.shape[1] * LOG_2PI)
-    return z, log_q
-
-
 def free_bits_kl(kl_per_dim: Tensor, free_bits: float) -> Tensor:
     """The KL term of the free-bits objective (Kingma et al. 2016), a scalar in nats per image:
     sum_j max(free_bits, KL_j), KL_j being part j's KL averaged over the batch

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vaelab.science.bounds import LOG_2PI, kl_per_dimension, log_standard_normal
+from vaelab.science.bounds import LOG_2PI, kl_per_dimension, log_normal, log_standard_normal
 
 Latents = dict[str, Tensor]
 
@@ -96,9 +96,7 @@ class DiagonalGaussian:
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log N(z; mu, sigma) summed over the last dimension (broadcasting), nats."""
-        return -0.5 * (
-            (z - self.mu).square() * torch.exp(-self.logvar) + self.logvar + LOG_2PI
-        ).sum(-1)
+        return log_normal(z, self.mu, self.logvar)
 
     def to_torch(self) -> torch.distributions.Distribution:
         normal = torch.distributions.Normal(self.mu, torch.exp(0.5 * self.logvar))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
-from vaelab.science.bounds import LOG_2PI
+from vaelab.science.bounds import LOG_2PI, log_normal
 from vaelab.science.distributions import Latents, draw_normal
 from vaelab.science.variants.vae import VAE
 
@@ -36,7 +36,6 @@ class MixturePrior:
         const = (mu.square() * precision + logvar).sum(-1) + mu.shape[-1] * LOG_2PI  # [K]
         # -0.5 [z^2 . (1/s^2) - 2 z . (m/s^2) + const] = [z^2, z, 1] @ weights: [2D + 1, K]
         self.weights = -0.5 * torch.cat([precision.T, -2 * (mu * precision).T, const[None]])
-        self.precision = precision
         # for a bound on the expanded form's rounding error: the largest precision of each
         # dimension [D] and the largest sum of m^2/s^2 [] over components
         self.max_precision = precision.amax(0)
@@ -46,12 +45,8 @@ class MixturePrior:
         """log N(z; mu_k, s_k) by differences (no cancellation): z [N, D] and one component
         per z, k [N] -> [N]; all K components when k is None -> [N, K]."""
         if k is None:
-            mu, logvar, precision = self.mu, self.logvar, self.precision
-            z = z.unsqueeze(-2)
-        else:
-            mu, logvar, precision = self.mu[k], self.logvar[k], self.precision[k]
-        quad = ((z - mu).square() * precision + logvar).sum(-1)
-        return -0.5 * (quad + z.shape[-1] * LOG_2PI)
+            return log_normal(z.unsqueeze(-2), self.mu, self.logvar)
+        return log_normal(z, self.mu[k], self.logvar[k])
 
     def log_prob(self, z: Latents) -> dict[str, Tensor]:
         """log p(z): z [..., D] -> [...] nats.
