@@ -10,12 +10,14 @@ objective and data protocol (its header says how and where it departs):
 
 Each row is one command, ``python train.py experiment=ROW trainer.max_epochs=N ...``, run into
 ``<log-dir>/ROW/0`` (a rerun replaces it; with ``--seed N``, ``seed=N`` into
-``<log-dir>/ROW_seedN/0``, a further line of the table). Before it, a calibration run of
-``--calibrate-steps`` optimizer steps (``<log-dir>/ROW/calibration``) measures the step time
-on this machine, which gives
+``<log-dir>/ROW_seedN/0``, a further line of the table). Before it, two calibration runs of
+n and 2n optimizer steps (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``) measure
+the step time on this machine (their difference over n) and what a run spends once, which
+gives
 
 - the budget: with ``--budget-minutes M`` (default 30), ``trainer.max_epochs`` is the number
-  of whole epochs that fit in M minutes at the measured step time, and ``+trainer.max_time``
+  of whole epochs that fit in M minutes, less the once-per-run time, at the measured step time
+  plus a twentieth for each epoch's validation and checkpoints, and ``+trainer.max_time``
   caps the fit at M minutes (a row the cap stops shows fewer epochs than planned; its
   compressed learning-rate stages are then truncated, which the table shows);
   ``--epochs N`` sets the epochs instead (no cap), ``--full`` the paper's length (3280 epochs;
@@ -68,6 +70,10 @@ GPU_CALL_SECONDS = 600
 FIGURE = ROOT / "docs" / "images" / "literature.png"
 
 
+# what each epoch adds to its training steps' time, for the budget's plan
+EPOCH_OVERHEAD = 1.05
+
+
 def train(overrides: list[str]) -> int:
     return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT).returncode
 
@@ -94,25 +100,43 @@ def steps_per_epoch(row: str, extra: list[str]) -> int:
     return math.ceil(batches / cfg.trainer.get("accumulate_grad_batches", 1))
 
 
-def calibrate(row: str, base: list[str], args) -> dict:
-    """Seconds per optimizer step of ``row`` on this machine, from ``--calibrate-steps`` steps
-    (startup and one small validation included: an upper bound)."""
-    out = args.log_dir / row / "calibration"
+def calibration_run(row: str, base: list[str], steps: int, out: Path) -> float | None:
+    """``fit_seconds`` of ``steps`` optimizer steps of ``row`` with no callbacks and one
+    validation batch, into ``out`` (None if the run failed)."""
     # no callbacks: the figures, checkpoints and NLL are not what a step costs
     kept = [o for o in base if not o.lstrip("+~").startswith("callbacks.")]
     overrides = [
         f"experiment={row}", *kept, "trainer.max_epochs=1",
-        f"trainer.limit_train_batches={args.calibrate_steps}", "trainer.limit_val_batches=1",
+        f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
         "test=false", "callbacks=none", "logger=csv", f"hydra.run.dir={shown(out)}",
     ]  # fmt: skip
     status = train(overrides)
     if status != 0:
         print(f"== {row}: the calibration run failed (exit status {status})", flush=True)
-    metrics = json.loads((out / "metrics.json").read_text()) if status == 0 else {}
-    steps = min(args.calibrate_steps, steps_per_epoch(row, base))
-    seconds = metrics.get("fit_seconds")
-    return {"steps": steps, "seconds": seconds, "status": status,
-            "seconds_per_step": seconds / steps if seconds else None}  # fmt: skip
+        return None
+    return json.loads((out / "metrics.json").read_text()).get("fit_seconds")
+
+
+def calibrate(row: str, base: list[str], args) -> dict:
+    """Seconds per optimizer step of ``row`` on this machine, from two short runs of n and 2n
+    steps (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``): what a run spends once
+    (start-up, data, the first steps' warm-up, a validation batch) cancels in their difference,
+    which a single run would count as step time (a VampPrior row's budget planned from one
+    300-step run used 18 of its 30 minutes). ``fixed_seconds`` is that once-per-run part.
+    Where the difference is not positive (runs too short to time), the longer run's seconds
+    per step, an upper bound."""
+    per_epoch = steps_per_epoch(row, base)
+    n = max(1, min(args.calibrate_steps, per_epoch // 2))
+    out = args.log_dir / row / "calibration"
+    short = calibration_run(row, base, n, out / "short")
+    long = calibration_run(row, base, 2 * n, out / "long")
+    if short is None or long is None:
+        return {"steps": [n, 2 * n], "seconds": [short, long], "status": 1,
+                "seconds_per_step": None}  # fmt: skip
+    step = (long - short) / n if long > short else long / (2 * n)
+    fixed = round(max(0.0, short - n * step), 3)
+    return {"steps": [n, 2 * n], "seconds": [round(short, 3), round(long, 3)], "status": 0,
+            "seconds_per_step": step, "fixed_seconds": fixed}  # fmt: skip
 
 
 def plan(row: str, base: list[str], args) -> dict:
@@ -133,7 +157,10 @@ def plan(row: str, base: list[str], args) -> dict:
         info["epochs"], info["max_time"] = args.epochs, None
     elif step:
         budget = args.budget_minutes * 60
-        info["epochs"] = max(1, int(budget // (per_epoch * step)))
+        # the steps' time plus a twentieth for what every epoch adds (validation, the two
+        # checkpoints, figures every few epochs), after the once-per-run part
+        usable = budget - cal.get("fixed_seconds", 0.0)
+        info["epochs"] = max(1, int(usable // (per_epoch * step * EPOCH_OVERHEAD)))
         info["max_time"] = time.strftime("00:%H:%M:%S", time.gmtime(budget))
     return info
 
@@ -182,8 +209,11 @@ def val_curve(run_dir: Path) -> tuple[list[float], list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     times, values = [], []
-    for events in sorted(run_dir.glob("tensorboard/**/events.out.tfevents*")):
-        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+    # one reader per folder: it reads every events file there (a folder holds several, e.g.
+    # the HParams summary's), so a reader per file would repeat the curve
+    folders = sorted({p.parent for p in run_dir.glob("tensorboard/**/events.out.tfevents*")})
+    for folder in folders:
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         acc.Reload()
         tags = acc.Tags().get("scalars", [])
         if "val/loss" not in tags:
