@@ -117,15 +117,14 @@ def calibration_run(row: str, base: list[str], steps: int, out: Path) -> float |
     return json.loads((out / "metrics.json").read_text()).get("fit_seconds")
 
 
-def calibrate(row: str, base: list[str], args) -> dict:
+def calibrate(row: str, base: list[str], per_epoch: int, args) -> dict:
     """Seconds per optimizer step of ``row`` on this machine, from two short runs of n and 2n
     steps (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``): what a run spends once
     (start-up, data, the first steps' warm-up, a validation batch) cancels in their difference,
     which a single run would count as step time (a VampPrior row's budget planned from one
     300-step run used 18 of its 30 minutes). ``fixed_seconds`` is that once-per-run part.
     Where the difference is not positive (runs too short to time), the longer run's seconds
-    per step, an upper bound."""
-    per_epoch = steps_per_epoch(row, base)
+    per step, an upper bound. ``per_epoch``: the row's optimizer steps in one epoch."""
     n = max(1, min(args.calibrate_steps, per_epoch // 2))
     out = args.log_dir / row / "calibration"
     short = calibration_run(row, base, n, out / "short")
@@ -142,7 +141,7 @@ def calibrate(row: str, base: list[str], args) -> dict:
 def plan(row: str, base: list[str], args) -> dict:
     """The row's calibration, steps per epoch, budget (epochs, cap) and full-length estimate."""
     per_epoch = steps_per_epoch(row, base)
-    cal = calibrate(row, base, args)
+    cal = calibrate(row, base, per_epoch, args)
     paper_epochs = ROWS[row][3]
     info: dict = {"steps_per_epoch": per_epoch, "calibration": cal}
     step = cal["seconds_per_step"]

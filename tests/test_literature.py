@@ -185,3 +185,50 @@ def test_reproduce_results_keeps_the_literature_section(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "## literature\n\n<!-- literature-table:start -->\ntable\n" in out.read_text()
+
+
+def literature_script():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "literature", ROOT / "scripts/literature_table.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_budget_is_planned_from_the_step_time_without_start_up(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    script = literature_script()
+    # 10 s for 300 steps, 16 s for 600: 0.02 s a step and 4 s once per run
+    seconds = {300: 10.0, 600: 16.0}
+    monkeypatch.setattr(script, "calibration_run", lambda row, base, steps, out: seconds[steps])
+    monkeypatch.setattr(script, "steps_per_epoch", lambda row, base: 1000)
+    args = SimpleNamespace(calibrate_steps=300, log_dir=tmp_path, full=False, epochs=None,
+                           budget_minutes=30)  # fmt: skip
+    info = script.plan("burda_vae_1l", [], args)
+    assert info["calibration"]["seconds_per_step"] == pytest.approx(0.02)
+    assert info["calibration"]["fixed_seconds"] == pytest.approx(4.0)
+    # (1800 s - 4 s) over 1000 steps of 0.02 s and a twentieth per epoch: 85 epochs (one
+    # 600-step run alone, 0.0267 s a step, would have planned 67)
+    assert info["epochs"] == 85 and info["max_time"] == "00:00:30:00"
+    seconds[600] = 9.0  # too short to time: the longer run's seconds per step
+    assert script.plan("burda_vae_1l", [], args)["calibration"]["seconds_per_step"] == 0.015
+
+
+def test_validation_curve_is_read_once_per_events_folder(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tmp_path / "run" / "tensorboard"
+    with SummaryWriter(folder) as writer:
+        for step, value in enumerate([150.0, 120.0, 100.0]):
+            writer.add_scalar("val/loss", value, step)
+    with SummaryWriter(folder) as writer:  # a second events file in the same folder
+        writer.add_scalar("val/loss_best", 100.0, 0)
+    assert len(list(folder.glob("events.out.tfevents*"))) == 2
+    times, values = literature_script().val_curve(tmp_path / "run")
+    assert values == [150.0, 120.0, 100.0] and times == sorted(times)
