@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -102,17 +104,43 @@ def compose_train(overrides: list[str] | None = None, output_dir: Path | None = 
 
 
 def run_script(script: str, args: list[str], env: dict | None = None, timeout: int = 300):
-    """Run ``python <script> args`` from the repository root; returns the CompletedProcess."""
+    """Run ``python <script> args`` from the repository root; returns the CompletedProcess.
+    A run still going after ``timeout`` seconds fails the test with the Python stacks of its
+    whole process group (the run and any DDP ranks it started: ``PYTHONFAULTHANDLER`` prints
+    them on SIGABRT), and nothing of the group is left running."""
     full_env = {k: v for k, v in os.environ.items() if k != "DATA_ROOT"}
-    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
+    full_env.update(PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **(env or {}))
+    command = [sys.executable, str(ROOT / script), *args]
+    process = subprocess.Popen(
+        command,
         cwd=ROOT,
         env=full_env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,  # its own process group: the ranks it starts join it
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        _signal_group(process.pid, signal.SIGKILL)
+        pytest.fail(
+            f"{script} still ran after {timeout} s; the end of its output, then the stacks of "
+            f"its processes:\n{stdout[-2000:]}\n{stderr[-10000:]}"
+        )
+    _signal_group(process.pid, signal.SIGKILL)  # a rank that outlived its run
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has no process left
+        os.killpg(pgid, signum)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,11 @@ command that starts the extra ranks of a multirun job."""
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -123,3 +126,27 @@ def test_extra_ranks_of_a_multirun_job_run_that_job_alone(monkeypatch, tmp_path)
         "hydra.output_subdir=null",
     ]
     assert distributed._launched_ranks  # the next job of the sweep cleans up after this one
+
+
+def test_a_multirun_job_ends_once_its_extra_ranks_have_exited(monkeypatch, caplog):
+    """The next job of a sweep starts its ranks only after this job's have exited; a rank
+    that does not exit delays the sweep by the timeout only, with a warning."""
+    monkeypatch.setattr(distributed, "_launched_ranks", True)  # this job started ranks
+    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    distributed.wait_for_extra_ranks(with_ranks([rank]))
+    assert rank.poll() == 0
+
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with caplog.at_level(logging.WARNING, logger=distributed.__name__):
+            distributed.wait_for_extra_ranks(with_ranks([stuck]), timeout=0.5)
+        assert stuck.poll() is None
+        assert f"rank process {stuck.pid} of this job still runs" in caplog.text
+    finally:
+        stuck.kill()
+        stuck.wait()
+
+
+def with_ranks(procs: list[subprocess.Popen]) -> SimpleNamespace:
+    """What ``wait_for_extra_ranks`` reads of a Trainer: the processes its launcher started."""
+    return SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=procs)))

@@ -6,17 +6,22 @@ single run, but in a multirun the command line is the whole sweep: every extra r
 start a sweep of its own, in a second sweep dir, and an Optuna search would even give the
 ranks different hyperparameters (Lightning issue #15689; the upstream fix, PR #18175, is not
 merged). ``rank_command`` starts the extra ranks as a single run of the current job instead:
-its own overrides, its own output dir. Before the next job of the sweep starts its ranks,
-``start_extra_ranks_as_this_job`` also clears what the last job's launch left in this process
-(its process group, whose other ranks have exited, and the rank variables Lightning put in
-``os.environ``, which would make Lightning think the ranks are started by someone else).
+its own overrides, its own output dir. A job ends when its extra ranks have exited
+(``wait_for_extra_ranks``), so two jobs' ranks never overlap nor share the CPU. Before the
+next job of the sweep starts its ranks, ``start_extra_ranks_as_this_job`` also clears what the
+last job's launch left in this process (its process group, whose other ranks have exited, and
+the rank variables Lightning put in ``os.environ``, which would make Lightning think the ranks
+are started by someone else).
 On SLURM, srun starts the ranks and none of this runs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch.distributed as dist
@@ -25,6 +30,8 @@ from hydra.types import RunMode
 from lightning.pytorch.strategies.launchers import subprocess_script
 
 from vaelab.errors import VaelabError
+
+log = logging.getLogger(__name__)
 
 # set by Lightning's launcher in the launching process (lightning ... subprocess_script.py)
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -83,3 +90,22 @@ def start_extra_ranks_as_this_job() -> None:
         for name in _LAUNCH_ENV:
             os.environ.pop(name, None)
         _launched_ranks = False
+
+
+def wait_for_extra_ranks(trainer, timeout: float = 120.0) -> None:
+    """In a Hydra multirun, return once the extra local ranks that this job started have
+    exited (at most ``timeout`` seconds, then a warning), so that the next job of the sweep
+    starts its ranks with none of this job's still running. Nothing for a single run."""
+    if not _launched_ranks:
+        return
+    deadline = time.monotonic() + timeout
+    for proc in getattr(trainer.strategy.launcher, "procs", []):
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "rank process %d of this job still runs %.0f s after the job ended; the "
+                "sweep goes on without it",
+                proc.pid,
+                timeout,
+            )

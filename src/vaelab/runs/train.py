@@ -21,7 +21,7 @@ from vaelab.lit.fault_tolerance import FitTime, SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages, vaelab_cause
 from vaelab.runs.config_checks import check_config
-from vaelab.runs.distributed import start_extra_ranks_as_this_job
+from vaelab.runs.distributed import start_extra_ranks_as_this_job, wait_for_extra_ranks
 from vaelab.runs.linear_path import resolve_onednn_linear
 from vaelab.runs.preflight import refuse_new_run_into
 from vaelab.runs.report import print_summary, write_metrics
@@ -185,6 +185,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
         log_run_hparams(trainer, cfg, metrics)
         write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
         print_summary(metrics, Path(cfg.paths.output_dir), tensorboard_to_open(trainer))
+    wait_for_extra_ranks(trainer)  # DDP in a multirun: the job ends with all its ranks
     return metrics
 
 
