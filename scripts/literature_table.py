@@ -10,20 +10,20 @@ objective and data protocol (its header says how and where it departs):
 
 Each row is one command, ``python train.py experiment=ROW trainer.max_epochs=N ...``, run into
 ``<log-dir>/ROW/0`` (a rerun replaces it; with ``--seed N``, ``seed=N`` into
-``<log-dir>/ROW_seedN/0``, a further line of the table). Before it, two calibration runs of
-n and 2n optimizer steps (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``) measure
-the step time on this machine (their difference over n) and what a run spends once, which
-gives
+``<log-dir>/ROW_seedN/0``, a further line of the table). Before it, three short calibration
+runs (one epoch of n optimizer steps, one of 2n, two of n; n = ``--calibrate-steps``;
+``<log-dir>/ROW/calibration``) measure on this machine the step time, what each epoch's end
+adds (validation, checkpoints) and what a run spends once, which gives
 
 - the budget: with ``--budget-minutes M`` (default 30), ``trainer.max_epochs`` is the number
   of whole epochs that fit in M minutes, less the once-per-run time, at the measured step time
-  plus a twentieth for each epoch's validation and checkpoints, and ``+trainer.max_time``
+  and epoch's-end time, and ``+trainer.max_time``
   caps the fit at M minutes (a row the cap stops shows fewer epochs than planned; its
   compressed learning-rate stages are then truncated, which the table shows);
   ``--epochs N`` sets the epochs instead (no cap), ``--full`` the paper's length (3280 epochs;
   VampPrior: up to 2000 with early stopping; no cap);
-- the full-length estimate: the paper's epochs times the row's steps per epoch, divided by the
-  measured steps per second, and whether that fits in one 10-minute call of a lent GPU.
+- the full-length estimate: the paper's epochs, each its steps at the measured step time and
+  its end, and whether that fits in one 10-minute call of a lent GPU.
   ``--device gpu --estimate-only`` measures on a GPU and writes the estimates without
   training; a row that fits runs at full length there with ``--rows ROW --device gpu --full``.
 
@@ -70,10 +70,6 @@ GPU_CALL_SECONDS = 600
 FIGURE = ROOT / "docs" / "images" / "literature.png"
 
 
-# what each epoch adds to its training steps' time, for the budget's plan
-EPOCH_OVERHEAD = 1.05
-
-
 def train(overrides: list[str]) -> int:
     return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT).returncode
 
@@ -100,15 +96,13 @@ def steps_per_epoch(row: str, extra: list[str]) -> int:
     return math.ceil(batches / cfg.trainer.get("accumulate_grad_batches", 1))
 
 
-def calibration_run(row: str, base: list[str], steps: int, out: Path) -> float | None:
-    """``fit_seconds`` of ``steps`` optimizer steps of ``row`` with no callbacks and one
-    validation batch, into ``out`` (None if the run failed)."""
-    # no callbacks: the figures, checkpoints and NLL are not what a step costs
-    kept = [o for o in base if not o.lstrip("+~").startswith("callbacks.")]
+def calibration_run(row: str, base: list[str], steps: int, epochs: int, out: Path) -> float | None:
+    """``fit_seconds`` of ``epochs`` epochs of ``steps`` optimizer steps of ``row`` into
+    ``out`` (None if the run failed): the row's own callbacks, logger and validation, as in the
+    run it calibrates, no test."""
     overrides = [
-        f"experiment={row}", *kept, "trainer.max_epochs=1",
-        f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
-        "test=false", "callbacks=none", "logger=csv", f"hydra.run.dir={shown(out)}",
+        f"experiment={row}", *base, f"trainer.max_epochs={epochs}",
+        f"trainer.limit_train_batches={steps}", "test=false", f"hydra.run.dir={shown(out)}",
     ]  # fmt: skip
     status = train(overrides)
     if status != 0:
@@ -118,24 +112,37 @@ def calibration_run(row: str, base: list[str], steps: int, out: Path) -> float |
 
 
 def calibrate(row: str, base: list[str], per_epoch: int, args) -> dict:
-    """Seconds per optimizer step of ``row`` on this machine, from two short runs of n and 2n
-    steps (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``): what a run spends once
-    (start-up, data, the first steps' warm-up, a validation batch) cancels in their difference,
-    which a single run would count as step time (a VampPrior row's budget planned from one
-    300-step run used 18 of its 30 minutes). ``fixed_seconds`` is that once-per-run part.
-    Where the difference is not positive (runs too short to time), the longer run's seconds
-    per step, an upper bound. ``per_epoch``: the row's optimizer steps in one epoch."""
+    """Seconds per optimizer step and per epoch's end of ``row`` on this machine, from three
+    short runs (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``): one epoch of n
+    steps, one of 2n, two of n. What a run spends once (start-up, data, the first steps'
+    warm-up, the sanity check, the end of fit) cancels in their differences, which a single
+    run would count as step time (a VampPrior row's budget planned from one 300-step run used
+    18 of its 30 minutes); the third run gives what each epoch adds to its steps (validation,
+    checkpoints, the epoch's logging: 1.7 s an epoch on the 2-core CPU, which a fixed
+    twentieth undercounted by 15 %, stopping rows before their planned epochs).
+    ``fixed_seconds`` is the once-per-run part. A difference that is not positive (runs too
+    short to time) gives the longer run's seconds per step, an upper bound, and no epoch
+    cost. ``per_epoch``: the row's optimizer steps in one epoch."""
     n = max(1, min(args.calibrate_steps, per_epoch // 2))
     out = args.log_dir / row / "calibration"
-    short = calibration_run(row, base, n, out / "short")
-    long = calibration_run(row, base, 2 * n, out / "long")
-    if short is None or long is None:
-        return {"steps": [n, 2 * n], "seconds": [short, long], "status": 1,
-                "seconds_per_step": None}  # fmt: skip
+    runs = [(n, 1, "short"), (2 * n, 1, "long"), (n, 2, "two_epochs")]
+    seconds = [calibration_run(row, base, s, e, out / name) for s, e, name in runs]
+    record = {"runs": [{"steps": steps, "epochs": epochs} for steps, epochs, _ in runs]}
+    if None in seconds:
+        return {**record, "seconds": seconds, "status": 1, "seconds_per_step": None}
+    short, long, two = seconds
     step = (long - short) / n if long > short else long / (2 * n)
-    fixed = round(max(0.0, short - n * step), 3)
-    return {"steps": [n, 2 * n], "seconds": [round(short, 3), round(long, 3)], "status": 0,
-            "seconds_per_step": step, "fixed_seconds": fixed}  # fmt: skip
+    epoch = max(0.0, two - short - n * step)
+    fixed = max(0.0, short - n * step - epoch)
+    return {**record, "seconds": [round(t, 3) for t in seconds], "status": 0,
+            "seconds_per_step": step, "seconds_per_epoch_end": round(epoch, 3),
+            "fixed_seconds": round(fixed, 3)}  # fmt: skip
+
+
+def epoch_end(cal: dict) -> str:
+    """', and S s at each epoch's end' when the calibration measured it."""
+    seconds = cal.get("seconds_per_epoch_end")
+    return "" if seconds is None else f" and {seconds:.2f} s at each epoch's end"
 
 
 def plan(row: str, base: list[str], args) -> dict:
@@ -146,7 +153,7 @@ def plan(row: str, base: list[str], args) -> dict:
     info: dict = {"steps_per_epoch": per_epoch, "calibration": cal}
     step = cal["seconds_per_step"]
     if paper_epochs and step:
-        full = paper_epochs * per_epoch * step
+        full = paper_epochs * (per_epoch * step + cal.get("seconds_per_epoch_end", 0.0))
         info["full_length"] = {"epochs": paper_epochs, "steps": paper_epochs * per_epoch,
                                "seconds": round(full, 1),
                                "fits_one_gpu_call": full <= GPU_CALL_SECONDS}  # fmt: skip
@@ -156,10 +163,10 @@ def plan(row: str, base: list[str], args) -> dict:
         info["epochs"], info["max_time"] = args.epochs, None
     elif step:
         budget = args.budget_minutes * 60
-        # the steps' time plus a twentieth for what every epoch adds (validation, the two
-        # checkpoints, figures every few epochs), after the once-per-run part
+        # after the once-per-run part, each epoch's steps and what its end adds
         usable = budget - cal.get("fixed_seconds", 0.0)
-        info["epochs"] = max(1, int(usable // (per_epoch * step * EPOCH_OVERHEAD)))
+        epoch_seconds = per_epoch * step + cal.get("seconds_per_epoch_end", 0.0)
+        info["epochs"] = max(1, int(usable // epoch_seconds))
         info["max_time"] = time.strftime("00:%H:%M:%S", time.gmtime(budget))
     return info
 
@@ -276,7 +283,8 @@ def section(log_dir: Path, figure_path: Path, out: Path) -> str:
             fits = "fits" if full["fits_one_gpu_call"] else "does not fit"
             estimates.append(
                 f"- `{name}`: {full['epochs']} epochs = {full['steps']} steps at "
-                f"{1 / info['calibration']['seconds_per_step']:.1f} steps/s on "
+                f"{1 / info['calibration']['seconds_per_step']:.1f} steps/s"
+                f"{epoch_end(info['calibration'])} on "
                 f"{info['device']} ({info['machine'].split(';')[0]}): about "
                 f"{minutes(full['seconds'])} min; {fits} in one {GPU_CALL_SECONDS // 60}-minute "
                 "call"

@@ -200,23 +200,28 @@ def literature_script():
     return script
 
 
-def test_budget_is_planned_from_the_step_time_without_start_up(monkeypatch, tmp_path):
+def test_budget_is_planned_from_the_step_and_epoch_times_without_start_up(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     script = literature_script()
-    # 10 s for 300 steps, 16 s for 600: 0.02 s a step and 4 s once per run
-    seconds = {300: 10.0, 600: 16.0}
-    monkeypatch.setattr(script, "calibration_run", lambda row, base, steps, out: seconds[steps])
+    # one epoch of 300 steps: 10 s; of 600: 16 s; two epochs of 300: 17 s. So 0.02 s a
+    # step, 1 s at each epoch's end and 3 s once per run
+    seconds = {(300, 1): 10.0, (600, 1): 16.0, (300, 2): 17.0}
+    monkeypatch.setattr(
+        script, "calibration_run", lambda row, base, steps, epochs, out: seconds[steps, epochs]
+    )
     monkeypatch.setattr(script, "steps_per_epoch", lambda row, base: 1000)
     args = SimpleNamespace(calibrate_steps=300, log_dir=tmp_path, full=False, epochs=None,
                            budget_minutes=30)  # fmt: skip
+    cal = script.plan("burda_vae_1l", [], args)["calibration"]
+    assert cal["seconds_per_step"] == pytest.approx(0.02)
+    assert cal["seconds_per_epoch_end"] == pytest.approx(1.0)
+    assert cal["fixed_seconds"] == pytest.approx(3.0)
+    # (1800 s - 3 s) over epochs of 1000 steps of 0.02 s and 1 s: 85 epochs (the one-epoch
+    # 600-step run alone, 0.0267 s a step, would plan 67; steps alone, 89)
     info = script.plan("burda_vae_1l", [], args)
-    assert info["calibration"]["seconds_per_step"] == pytest.approx(0.02)
-    assert info["calibration"]["fixed_seconds"] == pytest.approx(4.0)
-    # (1800 s - 4 s) over 1000 steps of 0.02 s and a twentieth per epoch: 85 epochs (one
-    # 600-step run alone, 0.0267 s a step, would have planned 67)
     assert info["epochs"] == 85 and info["max_time"] == "00:00:30:00"
-    seconds[600] = 9.0  # too short to time: the longer run's seconds per step
+    seconds[600, 1] = 9.0  # too short to time: the longer run's seconds per step
     assert script.plan("burda_vae_1l", [], args)["calibration"]["seconds_per_step"] == 0.015
 
 
