@@ -116,10 +116,8 @@ def calibrate(row: str, base: list[str], per_epoch: int, args) -> dict:
     short runs (n = ``--calibrate-steps``; ``<log-dir>/ROW/calibration``): one epoch of n
     steps, one of 2n, two of n. What a run spends once (start-up, data, the first steps'
     warm-up, the sanity check, the end of fit) cancels in their differences, which a single
-    run would count as step time (a VampPrior row's budget planned from one 300-step run used
-    18 of its 30 minutes); the third run gives what each epoch adds to its steps (validation,
-    checkpoints, the epoch's logging: 1.7 s an epoch on the 2-core CPU, which a fixed
-    twentieth undercounted by 15 %, stopping rows before their planned epochs).
+    run would count as step time; the third run gives what each epoch adds to its steps
+    (validation, checkpoints, the epoch's logging).
     ``fixed_seconds`` is the once-per-run part. A difference that is not positive (runs too
     short to time) gives the longer run's seconds per step, an upper bound, and no epoch
     cost. ``per_epoch``: the row's optimizer steps in one epoch."""
@@ -140,7 +138,7 @@ def calibrate(row: str, base: list[str], per_epoch: int, args) -> dict:
 
 
 def epoch_end(cal: dict) -> str:
-    """', and S s at each epoch's end' when the calibration measured it."""
+    """' and S s at each epoch's end' when the calibration measured it, else ''."""
     seconds = cal.get("seconds_per_epoch_end")
     return "" if seconds is None else f" and {seconds:.2f} s at each epoch's end"
 
