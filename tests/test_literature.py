@@ -92,7 +92,10 @@ def test_kl_warmup_in_epochs_follows_the_steps_per_epoch():
 @pytest.mark.parametrize("row", ROWS)
 def test_literature_row_keeps_the_protocol(row, tmp_path):
     cfg = compose_train([f"experiment={row}"], output_dir=tmp_path)
-    assert cfg.data.binarize == "dynamic" and cfg.model.likelihood == "bernoulli"
+    # the papers' data: Burda et al. and the speedrun dynamically binarized MNIST, Tomczak &
+    # Welling's 85.57 static MNIST; the test images are one fixed draw in both
+    paper_data = "static" if row == "tomczak_vampprior" else "dynamic"
+    assert cfg.data.binarize == paper_data and cfg.model.likelihood == "bernoulli"
     assert cfg.data.val_size > 0  # validation held out of the training set, never the test set
     assert cfg.test_checkpoint == "best"
     assert (
