@@ -144,3 +144,16 @@ def test_static_binarization_is_one_seeded_draw(grey_root):
     assert torch.equal(a.data_train.images, b.data_train.images)
     assert set(a.data_train.images.unique().tolist()) <= {0, 255}
     assert torch.equal(a.data_train[[0, 1]][0], a.data_train[[0, 1]][0])
+
+
+def test_static_and_dynamic_binarization_share_the_evaluation_images(grey_root):
+    # the literature rows differ in how training images are binarized; their val and test
+    # images must be the same draw, or their NLLs would not compare
+    static, dynamic = (
+        MNISTDataModule(grey_root, val_size=50, binarize=mode, download=False)
+        for mode in ("static", "dynamic")
+    )
+    static.setup(), dynamic.setup()
+    assert torch.equal(static.data_test.images, dynamic.data_test.images)
+    assert torch.equal(static.data_val.images, dynamic.data_val.images)
+    assert set(static.data_test.images.unique().tolist()) == {0, 255}

@@ -127,3 +127,27 @@ def test_every_objective_trains_the_vampprior(objective):
 def test_bad_number_of_pseudo_inputs_is_one_line():
     with pytest.raises(ValueError, match=r"^model.num_pseudo_inputs=0 must be an integer >= 1$"):
         VampPrior(num_pseudo_inputs=0)
+
+
+def test_log_prior_of_overlapping_components_is_recomputed_in_float64():
+    """Like a trained VampPrior: 500 components that overlap in 10 active latents of 40 (the
+    others N(0, 1)), one far out. float32's rounding bound flags many draws; float64 must
+    settle them to the exact value."""
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = (
+        torch.zeros(500, 40, dtype=torch.float64),
+        torch.zeros(500, 40, dtype=torch.float64),
+    )
+    mu[:, :10] = torch.randn(500, 10, generator=gen, dtype=torch.float64)
+    logvar[:, :10] = -2.5 + 2.5 * torch.rand(500, 10, generator=gen, dtype=torch.float64)
+    mu[0, :10] = 8.0
+    pick = torch.randint(500, (2000,), generator=gen)
+    noise = torch.randn(2000, 40, generator=gen, dtype=torch.float64)
+    z = mu[pick] + torch.exp(0.5 * logvar[pick]) * noise
+    expected = torch.logsumexp(MixturePrior(mu, logvar)._exact(z), -1) - math.log(500)
+    prior = MixturePrior(mu.float(), logvar.float())
+    _, flagged = prior._log_prob_expanded(z.float())
+    assert flagged.float().mean() > 0.1  # the float64 pass is exercised
+    single = prior.log_prob({"z": z.float()})["z"]
+    assert single.dtype == torch.float32
+    assert float((single.double() - expected).abs().max()) < 3e-4

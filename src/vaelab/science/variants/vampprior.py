@@ -32,37 +32,38 @@ class MixturePrior:
 
     def __init__(self, mu: Tensor, logvar: Tensor, group: str = "z") -> None:
         self.mu, self.logvar, self.group = mu, logvar, group
-        precision = torch.exp(-logvar)
-        const = (mu.square() * precision + logvar).sum(-1) + mu.shape[-1] * LOG_2PI  # [K]
-        # -0.5 [z^2 . (1/s^2) - 2 z . (m/s^2) + const] = [z^2, z, 1] @ weights: [2D + 1, K]
-        self.weights = -0.5 * torch.cat([precision.T, -2 * (mu * precision).T, const[None]])
-        # for a bound on the expanded form's rounding error: the largest precision of each
-        # dimension [D] and the largest sum of m^2/s^2 [] over components
-        self.max_precision = precision.amax(0)
-        self.max_scaled_mean = (mu.square() * precision).sum(-1).amax()
+        self._expanded_forms: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
 
     def _exact(self, z: Tensor, k: Tensor | None = None) -> Tensor:
         """log N(z; mu_k, s_k) by differences (no cancellation): z [N, D] and one component
         per z, k [N] -> [N]; all K components when k is None -> [N, K]."""
+        mu, logvar = self.mu.to(z.dtype), self.logvar.to(z.dtype)
         if k is None:
-            return log_normal(z.unsqueeze(-2), self.mu, self.logvar)
-        return log_normal(z, self.mu[k], self.logvar[k])
+            return log_normal(z.unsqueeze(-2), mu, logvar)
+        return log_normal(z, mu[k], logvar[k])
 
-    def log_prob(self, z: Latents) -> dict[str, Tensor]:
-        """log p(z): z [..., D] -> [...] nats.
+    def _expanded_form(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """The components' log densities as [z^2, z, 1] @ weights [2D + 1, K] in ``dtype``, and
+        for a bound on that form's rounding error: the largest precision of each dimension
+        [D] and the largest sum of m^2/s^2 [] over components."""
+        if dtype not in self._expanded_forms:
+            mu, logvar = self.mu.to(dtype), self.logvar.to(dtype)
+            precision = torch.exp(-logvar)
+            const = (mu.square() * precision + logvar).sum(-1) + mu.shape[-1] * LOG_2PI  # [K]
+            # -0.5 [z^2 . (1/s^2) - 2 z . (m/s^2) + const]
+            weights = -0.5 * torch.cat([precision.T, -2 * (mu * precision).T, const[None]])
+            scaled_mean = (mu.square() * precision).sum(-1).amax()
+            self._expanded_forms[dtype] = (weights, precision.amax(0), scaled_mean)
+        return self._expanded_forms[dtype]
 
-        The components' log densities as one matrix product [z^2, z, 1] @ weights, so that the
-        cost is that of a small linear layer per z rather than [N, K, D] differences. That
-        expanded form cancels large terms when components are narrow (float32 loses up to
-        nats where log s^2 < -8), so the largest component of each z is computed again by
-        differences. The others' rounding error is below 2 eps (z^2 . max 1/s^2 +
-        max sum m^2/s^2) nats each; where their share of the mass times that bound exceeds
-        ``TOLERANCE`` (narrow components that overlap), the whole mixture of that z is
-        computed by differences."""
-        v = z[self.group]
-        flat = v.reshape(-1, v.shape[-1])
+    def _log_prob_expanded(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """log sum_k N(z; mu_k, s_k) of z [N, D] in z's dtype, by the expanded form with the
+        largest component of each z computed again by differences, and [N] where the other
+        components' rounding error, below 2 eps (z^2 . max 1/s^2 + max sum m^2/s^2) nats each,
+        times their share of the mass may exceed ``TOLERANCE`` (they overlap the largest)."""
+        weights, max_precision, max_scaled_mean = self._expanded_form(flat.dtype)
         features = torch.cat([flat.square(), flat, torch.ones_like(flat[:, :1])], -1)
-        approx = features @ self.weights  # [N, K]
+        approx = features @ weights  # [N, K]
         top, k = approx.max(-1)
         # the mass relative to the top component's (in place: this is most of the cost)
         mass = approx.sub_(top.unsqueeze(-1)).exp_().sum(-1)  # >= 1
@@ -71,11 +72,31 @@ class MixturePrior:
         rest = 1 - 1 / mass
         tiny = torch.finfo(rest.dtype).tiny  # no log(0), no NaN gradient
         log_p = torch.logaddexp(self._exact(flat, k), total + torch.log(rest.clamp_min(tiny)))
-        eps = torch.finfo(approx.dtype).eps
-        bound = 2 * eps * (flat.square() @ self.max_precision + self.max_scaled_mean)
-        unsure = rest * torch.expm1(bound) > self.TOLERANCE
+        bound = 2 * torch.finfo(flat.dtype).eps * (flat.square() @ max_precision + max_scaled_mean)
+        return log_p, rest * torch.expm1(bound) > self.TOLERANCE
+
+    def log_prob(self, z: Latents) -> dict[str, Tensor]:
+        """log p(z): z [..., D] -> [...] nats.
+
+        The components' log densities as one matrix product [z^2, z, 1] @ weights, so that the
+        cost is that of a small linear layer per z rather than [N, K, D] differences. That
+        expanded form cancels terms as large as z^2/s^2 and m^2/s^2: float32 loses up to nats
+        where components are narrow, so the largest component of each z is computed again by
+        differences, and where the others' share of the mass times their rounding bound
+        exceeds ``TOLERANCE`` the z is computed again in float64, whose rounding is 1e-9 of
+        float32's (on trained models this is often half the draws, and costs far less than
+        [N, K, D] differences); the z that even float64 leaves unsure (components narrower
+        than exp(-30)) get the whole mixture by differences."""
+        v = z[self.group]
+        flat = v.reshape(-1, v.shape[-1])
+        log_p, unsure = self._log_prob_expanded(flat)
+        if bool(unsure.any()) and flat.dtype != torch.float64:
+            wide, still = self._log_prob_expanded(flat[unsure].double())
+            log_p = log_p.masked_scatter(unsure, wide.to(log_p.dtype))
+            unsure = unsure.masked_scatter(unsure, still)
         if bool(unsure.any()):
-            log_p[unsure] = torch.logsumexp(self._exact(flat[unsure]), -1)
+            exact = torch.logsumexp(self._exact(flat[unsure].double()), -1)
+            log_p = log_p.masked_scatter(unsure, exact.to(log_p.dtype))
         log_p = log_p - math.log(len(self.mu))
         return {self.group: log_p.view(v.shape[:-1])}
 
