@@ -122,19 +122,21 @@ def run_script(script: str, args: list[str], env: dict | None = None, timeout: i
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
+        timed_out = False
     except subprocess.TimeoutExpired:
+        timed_out = True
         _signal_group(process.pid, signal.SIGABRT)
         try:
             stdout, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # stuck even in its abort handler
             _signal_group(process.pid, signal.SIGKILL)
             stdout, stderr = process.communicate()
-        _signal_group(process.pid, signal.SIGKILL)
+    _signal_group(process.pid, signal.SIGKILL)  # a rank that outlived its run
+    if timed_out:
         pytest.fail(
             f"{script} still ran after {timeout} s; the end of its output, then the stacks of "
             f"its processes:\n{stdout[-2000:]}\n{stderr[-10000:]}"
         )
-    _signal_group(process.pid, signal.SIGKILL)  # a rank that outlived its run
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
