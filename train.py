@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
-from vaelab.errors import TrainingInterrupted, VaelabError
+from vaelab.errors import DistributedRunError, TrainingInterrupted, VaelabError
 from vaelab.runs.cli import print_error
 from vaelab.runs.preflight import check_command
 from vaelab.runs.resume import discard_refused_run, resume_argv, resume_command
@@ -30,6 +31,10 @@ def main(cfg: DictConfig) -> float:
         print(f"{stop}\nresume with: {resume_command(stop.run_dir)}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            # an extra DDP rank: the traceback to its log, whose last line rank 0 reports
+            log.exception("DDP rank %s failed", os.environ["LOCAL_RANK"])
+            raise SystemExit(1) from None
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # keep the sweep going: the job's error goes to its error.txt and the summary
             record_failed_job(Path(cfg.paths.output_dir), err)
@@ -39,6 +44,9 @@ def main(cfg: DictConfig) -> float:
             print_error(err)
             discard_refused_run(Path(cfg.paths.output_dir), HydraConfig.get().output_subdir)
             raise SystemExit(2) from None
+        if isinstance(err, DistributedRunError):  # the run dir and its logs are kept
+            print_error(err)
+            raise SystemExit(1) from None
         raise
 
 

@@ -3,16 +3,22 @@ command that starts the extra ranks of a multirun job."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, compose_train, run_script, synthetic_overrides
+from conftest import CONFIG_DIR, ROOT, compose_train, run_script, synthetic_overrides
 from hydra import compose, initialize_config_dir
 from hydra.conf import ConfigSourceInfo
 from hydra.core.hydra_config import HydraConfig
@@ -150,3 +156,161 @@ def test_a_multirun_job_ends_once_its_extra_ranks_have_exited(monkeypatch, caplo
 def with_ranks(procs: list[subprocess.Popen]) -> SimpleNamespace:
     """What ``wait_for_extra_ranks`` reads of a Trainer: the processes its launcher started."""
     return SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=procs)))
+
+
+class Run:
+    """``python train.py args`` in its own process group, its output read as it comes, so a
+    test can act on what it prints (and on its DDP ranks) while it runs."""
+
+    def __init__(self, args: list[str]):
+        env = {k: v for k, v in os.environ.items() if k != "DATA_ROOT"}
+        env.update(PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[tuple[float, str]] = []  # (time.monotonic(), line)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def wait_for(self, condition, what: str, timeout: float = 120.0) -> float:
+        """Poll ``condition()`` until true; returns the time it became true."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"ended before {what}:\n{self.output[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s:\n{self.output[-3000:]}"
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def extra_rank(self) -> int | None:
+        """The pid of the DDP rank this run's process started (its one child that is a rank),
+        if it has started one."""
+        for pid in children(self.process.pid):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if any(b"train_ddp_process_1" in part for part in cmdline):
+                return pid
+        return None
+
+    def finish(self, timeout: float = 240.0) -> int:
+        """The exit status, once the run ended (at most ``timeout`` s); nothing of its process
+        group is left running."""
+        try:
+            return self.process.wait(timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self._reader.join(10)
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux's /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def ddp_run_overrides(data_root: Path, log_dir: Path) -> list[str]:
+    return [
+        *synthetic_overrides(data_root, log_dir),
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+# A run stopped by a missing rank ends this soon after (the issue's bound: about 30 s).
+BOUND_S = 30
+
+
+@pytest.mark.slow
+def test_an_extra_rank_killed_at_start_ends_the_run_with_one_line(synthetic_root, tmp_path):
+    run = Run([*ddp_run_overrides(synthetic_root, tmp_path), "trainer.max_epochs=50"])
+    run.wait_for(run.extra_rank, "extra rank")
+    pid = run.extra_rank()
+    os.kill(pid, signal.SIGKILL)  # before it can join the rendezvous
+    killed = time.monotonic()
+    assert run.finish() == 1, run.output[-3000:]
+    ended = run.lines[-1][0]
+    assert ended - killed < BOUND_S
+    (line,) = error_lines(run.output)
+    assert f"error: DDP rank 1 (pid {pid}) exited with status -9 (SIGKILL)" in line
+    assert "Starting with 2 processes" not in run.output  # it never trained
+    assert "Traceback" not in run.output
+
+
+@pytest.mark.slow
+def test_an_extra_rank_killed_mid_epoch_fails_its_job_and_the_sweep_goes_on(
+    synthetic_root, tmp_path
+):
+    """Job 0 (50 epochs) loses its rank 1 after its first checkpoint; it fails with the rank's
+    line, its checkpoint stays whole, and job 1 (2 epochs) still runs."""
+    run = Run(["-m", *ddp_run_overrides(synthetic_root, tmp_path), "trainer.max_epochs=50,2"])
+    checkpoints = tmp_path / "train" / "multiruns"
+    run.wait_for(lambda: any(checkpoints.glob("*/0/checkpoints/last.ckpt")), "checkpoint")
+    pid = run.extra_rank()
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    assert run.finish() == 1, run.output[-3000:]  # a job failed: the sweep's status says so
+    failed_at = next(t for t, line in run.lines if "Job failed:" in line)
+    assert failed_at - killed < BOUND_S
+    (sweep_dir,) = checkpoints.iterdir()
+    error = (sweep_dir / "0" / "error.txt").read_text().splitlines()[0]
+    assert f"DDP rank 1 (pid {pid}) exited with status -9 (SIGKILL) during the run" in error
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "ok")]
+    # the killed job's checkpoint is whole: its weights and the loop state to resume from
+    state = torch.load(sweep_dir / "0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] > 0 and "loops" in state
+    assert json.loads((sweep_dir / "1" / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_processes_that_never_meet_end_at_the_rendezvous_timeout(synthetic_root, tmp_path):
+    run = Run(
+        [
+            *ddp_run_overrides(synthetic_root, tmp_path),
+            "trainer.strategy.rendezvous_timeout=5",
+        ]
+    )
+    run.wait_for(run.extra_rank, "extra rank")
+    pid = run.extra_rank()
+    os.kill(pid, signal.SIGSTOP)  # alive, but never joins
+    stopped = time.monotonic()
+    try:
+        assert run.finish() == 1, run.output[-3000:]
+        assert run.lines[-1][0] - stopped < 5 + BOUND_S
+        (line,) = error_lines(run.output)
+        assert "did not meet within trainer.strategy.rendezvous_timeout=5 s: 1 of 2" in line
+        # rank 0 does not leave the stopped rank behind
+        assert Path(f"/proc/{pid}").exists() is False or "Z" in status_of(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def status_of(pid: int) -> str:
+    """The state letter of ``pid`` (Z: a zombie, ended but not yet reaped)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return ""

@@ -39,6 +39,12 @@ class TrainingInterrupted(Exception):
         return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
 
 
+class DistributedRunError(RuntimeError):
+    """A DDP run that cannot go on: an extra rank exited, or the processes did not meet within
+    the rendezvous timeout. The message is one line: which rank, its exit status and the end of
+    its log. Not a ``VaelabError``: the run dir, with the rank's log, is kept."""
+
+
 class StorageError(VaelabError):
     """A file could not be written (a full disk, a read-only file system, no permission); the
     message names the file, what was being written and the space it needed."""

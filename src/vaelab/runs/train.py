@@ -16,12 +16,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.errors import TrainingInterrupted
+from vaelab.errors import DistributedRunError, TrainingInterrupted
 from vaelab.lit.fault_tolerance import FitTime, SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages, vaelab_cause
 from vaelab.runs.config_checks import check_config
-from vaelab.runs.distributed import start_extra_ranks_as_this_job, wait_for_extra_ranks
+from vaelab.runs.distributed import (
+    DDPStrategy,
+    start_extra_ranks_as_this_job,
+    wait_for_extra_ranks,
+)
 from vaelab.runs.linear_path import resolve_onednn_linear
 from vaelab.runs.preflight import refuse_new_run_into
 from vaelab.runs.report import print_summary, write_metrics
@@ -62,6 +66,21 @@ def interruptible(trainer: L.Trainer, run_dir: str | Path):
         raise TrainingInterrupted(
             name or "SIGINT", saver.saved if saver else None, Path(run_dir)
         ) from None
+
+
+@contextmanager
+def ranks_watched(trainer: L.Trainer):
+    """Under ``DDPStrategy``: an error of rank 0 that comes from an extra rank having exited
+    (gloo's closed connection, a collective that timed out) becomes that rank's one-line
+    ``DistributedRunError``."""
+    try:
+        yield
+    except DistributedRunError:
+        raise
+    except Exception:
+        if isinstance(trainer.strategy, DDPStrategy):
+            trainer.strategy.raise_rank_failure("during the run", wait=5.0)
+        raise
 
 
 @contextmanager
@@ -117,7 +136,12 @@ def build(
         for conf in _group_entries(cfg.get("logger"))
     ]
     start_extra_ranks_as_this_job()  # DDP in a multirun: ranks 1.. run this job, not the sweep
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    strategy = cfg.trainer.get("strategy")
+    # a plain "ddp" gets vaelab's DDPStrategy: Lightning's, whose start never hangs
+    watched = {"strategy": DDPStrategy()} if strategy == "ddp" else {}
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **watched
+    )
     return datamodule, model, trainer
 
 
@@ -145,7 +169,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    with interruptible(trainer, cfg.paths.output_dir):
+    with interruptible(trainer, cfg.paths.output_dir), ranks_watched(trainer):
         # weights_only: a checkpoint may hold tensors and plain containers, never code
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_seconds = next(c for c in trainer.callbacks if isinstance(c, FitTime)).seconds
@@ -157,7 +181,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
     if cfg.get("test", True):
         # "last": the weights fit ended with (validation may have seen the test set)
         tested = best_path if cfg.get("test_checkpoint", "best") == "best" else ""
-        with interruptible(trainer, cfg.paths.output_dir):
+        with interruptible(trainer, cfg.paths.output_dir), ranks_watched(trainer):
             trainer.test(model, datamodule=datamodule, ckpt_path=tested or None, weights_only=True)
         metrics["tested_checkpoint"] = tested or "final weights"
         metrics.update(
