@@ -41,7 +41,7 @@ def several_processes(trainer_cfg: DictConfig) -> bool:
     devices = trainer_cfg.get("devices", 1)
     nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
     many = devices not in (1, "1", None) and not (isinstance(devices, list) and len(devices) == 1)
-    return many or nodes > 1 or "ddp" in str(trainer_cfg.get("strategy", ""))
+    return many or nodes > 1 or "ddp" in str(trainer_cfg.get("strategy", "")).lower()
 
 
 def resolve_onednn_linear(cfg: DictConfig) -> dict:
