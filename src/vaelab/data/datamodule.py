@@ -148,6 +148,9 @@ class MNISTDataModule(L.LightningDataModule):
         self._restored_seed = False
         self._noise_state: torch.Tensor | None = None
         self._skip_batches = 0
+        # batches of batch_size joined into one item of the training loader (set by a module
+        # that takes that many batches in one training step: model.steps_per_call)
+        self.train_batches_per_item = 1
 
     @property
     def raw_dir(self) -> Path:
@@ -225,6 +228,8 @@ class MNISTDataModule(L.LightningDataModule):
         loader = batch_loader(
             self.data_train, self.batch_size, True, self.shuffle_seed, **self._shard()
         )
+        # several batches per item for a module that takes several optimizer steps a call
+        loader.sampler.batches_per_item = self.train_batches_per_item
         self._train_sampler = loader.sampler
         if self._skip_batches:
             loader.sampler.resume(self._skip_batches)
@@ -240,12 +245,13 @@ class MNISTDataModule(L.LightningDataModule):
         if trainer is None or sampler is None:
             return {}
         # batches whose optimizer step ran: where Lightning's loop continues after a restore
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        items = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = min(items * sampler.batches_per_item, sampler.num_batches)
         state = {"shuffle_seed": self.shuffle_seed}
         noise = getattr(self.data_train, "noise", None)
         if noise is not None:  # where the dynamic binarization's draws continue
             state["binarize_noise"] = noise.get_state()
-        if 0 < done < len(sampler):
+        if 0 < done < sampler.num_batches:
             state["train_batches_done"] = done
         return state
 

@@ -32,6 +32,11 @@ class ShardedBatches(Sampler[torch.Tensor]):
     (sizes differ by at most one) and cuts it into batches of ``batch_size``, the last one
     smaller, as many batches on every rank; no index is repeated or dropped, so means weighted
     by counts and summed over ranks are exact.
+
+    ``batches_per_item > 1`` (training): each item is that many consecutive batches of the
+    epoch joined into one index tensor (the last item may hold fewer), so a training step
+    that takes several optimizer steps gets them in one loader call, the same batches in the
+    same order; ``len()`` counts items, ``num_batches`` the batches.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class ShardedBatches(Sampler[torch.Tensor]):
         self.num_replicas = num_replicas
         self.epoch = 0
         self._skip = 0
+        self.batches_per_item = 1
         # where the data live: the epoch's indices go there in one copy, not one per batch
         # (a host-to-device copy from pageable memory waits for the device)
         self.device = torch.device(device) if device is not None else None
@@ -98,13 +104,21 @@ class ShardedBatches(Sampler[torch.Tensor]):
     def __iter__(self) -> Iterator[torch.Tensor]:
         skip, self._skip = self._skip, 0
         batches = self._batches()[skip:]
+        if self.batches_per_item > 1:
+            n = self.batches_per_item
+            batches = [torch.cat(batches[i : i + n]) for i in range(0, len(batches), n)]
         if self.device is not None and self.device.type != "cpu" and batches:
             sizes = [len(b) for b in batches]
             batches = torch.cat(batches).to(self.device).split(sizes)
         yield from batches
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
+        """Batches of ``batch_size`` in a whole pass (``len()`` counts items)."""
         if self.shuffle:
             full, rest = divmod(self.num_items, self.batch_size * self.num_replicas)
             return full + (rest >= self.num_replicas)
         return len(self._eval_batches())
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches / self.batches_per_item)

@@ -247,6 +247,14 @@ class ProgressBar(TQDMProgressBar):
     ``refresh_rate`` batches): values logged with ``prog_bar=True`` would be copied to the host
     after every step."""
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        steps = pl_module.hparams.get("steps_per_call", 1)
+        if steps > 1 and self.train_progress_bar is not None:  # it counts calls, not steps
+            self.train_progress_bar.set_description(
+                f"Epoch {trainer.current_epoch} (calls of {steps} steps)"
+            )
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
         terms = getattr(pl_module, "latest_train_terms", None)

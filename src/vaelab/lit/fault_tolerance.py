@@ -158,10 +158,24 @@ class StopOnNonFiniteLoss(L.Callback):
             loss = loss.detach().float()
             if self._first_bad is None:
                 self._first_bad = torch.full((), self.NONE, device=loss.device)
+                self._bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
                 self._bad_loss = torch.zeros((), device=loss.device)
-            first = (self._first_bad == self.NONE) & ~torch.isfinite(loss).all()
-            self._first_bad = torch.where(first, batch_idx, self._first_bad)
-            self._bad_loss = torch.where(first, loss.mean(), self._bad_loss)
+            if loss.ndim == 0:  # one step (or one accumulated batch) per call
+                bad, value = ~torch.isfinite(loss), loss
+                bad_batch, bad_step = batch_idx, trainer.global_step
+            else:  # [S]: the losses of the S optimizer steps of one call (steps_per_call)
+                bad_steps = ~torch.isfinite(loss)
+                bad, index = bad_steps.any(), bad_steps.int().argmax()
+                value = loss[index]
+                per_step = getattr(pl_module, "_accumulate", 1)
+                per_call = getattr(pl_module, "batches_per_call", 1)
+                # the step's first batch in the epoch, and its global step counted from 1
+                bad_batch = index * per_step + batch_idx * per_call
+                bad_step = index + (trainer.global_step - len(loss) + 1)
+            first = (self._first_bad == self.NONE) & bad
+            self._first_bad = torch.where(first, bad_batch, self._first_bad)
+            self._bad_step = torch.where(first, bad_step, self._bad_step)
+            self._bad_loss = torch.where(first, value, self._bad_loss)
         every = self.check_every_n_steps or trainer.log_every_n_steps
         if (batch_idx + 1) % every == 0 or trainer.is_last_batch:
             self.check(trainer, batch_idx)
@@ -177,15 +191,14 @@ class StopOnNonFiniteLoss(L.Callback):
         device-to-host copy)."""
         if self._first_bad is None:
             return
-        bad_batch, value = torch.stack([self._first_bad.float(), self._bad_loss]).tolist()
+        bad_batch, step, value = torch.stack(
+            [self._first_bad.double(), self._bad_step.double(), self._bad_loss.double()]
+        ).tolist()
         if bad_batch >= self.NONE:
             return
-        bad_batch = int(bad_batch)
+        bad_batch, step = int(bad_batch), int(step)
         lrs = [f"{g['lr']:g}" for opt in trainer.optimizers for g in opt.param_groups]
         checkpoint = last_good_checkpoint(trainer)
-        if batch_idx is None:
-            batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.completed - 1
-        step = trainer.global_step - (batch_idx - bad_batch)
         raise NonFiniteLossError(
             f"training stopped: the loss is {'nan' if math.isnan(value) else value} at epoch "
             f"{trainer.current_epoch + 1}, batch {bad_batch + 1} (global step {step}, learning "

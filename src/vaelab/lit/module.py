@@ -20,6 +20,7 @@ from vaelab.science.schedules import kl_weight
 SPLITS = ("train", "val", "test")
 TERMS = ElboMeans.TERMS
 DEFAULT_NET = "vaelab.science.variants.vae.VAE"
+MONITOR = "val/loss"  # what a ReduceLROnPlateau scheduler follows
 
 
 def build_net(target: str, arguments: dict) -> nn.Module:
@@ -54,6 +55,13 @@ class VAELitModule(L.LightningModule):
 
     Objectives, for every variant: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or
     ``iwae`` with ``k`` samples (Burda et al. 2015; beta, schedule and free bits do not apply).
+
+    ``steps_per_call`` > 1: each ``training_step`` call takes that many optimizer steps on as
+    many consecutive batches of the epoch (the loader serves them as one item), under manual
+    optimization: the same batches, draws of z and updates as one step per call, with
+    Lightning's per-call cost paid once per N steps. The Trainer's ``gradient_clip_val``,
+    ``gradient_clip_algorithm`` and ``accumulate_grad_batches`` are taken over at the start of
+    fit and applied here; ``global_step`` counts optimizer steps.
     """
 
     def __init__(
@@ -71,9 +79,15 @@ class VAELitModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         compile: bool = False,
+        steps_per_call: int = 1,
         **net_args,
     ) -> None:
         super().__init__()
+        if int(steps_per_call) != steps_per_call or steps_per_call < 1:
+            raise VaelabError(
+                f"model.steps_per_call={steps_per_call} must be a whole number of optimizer "
+                "steps per training_step call, at least 1"
+            )
         for key, value in net_args.items():  # plain lists in the checkpoint
             if isinstance(value, tuple):
                 net_args[key] = list(value)
@@ -89,6 +103,11 @@ class VAELitModule(L.LightningModule):
         self.latest_train_terms: torch.Tensor | None = None
         # every draw of z in training and validation: seeded in setup, saved in checkpoints
         self.noise: torch.Generator | None = None
+        # (clip value, algorithm, batches per optimizer step): the Trainer's, applied by the
+        # multi-step training_step (steps_per_call > 1)
+        self._clip: tuple[float | None, str | None] = (None, None)
+        self._accumulate = 1
+        self._epoch_steps = 0  # optimizer steps taken in this epoch (several steps per call)
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
@@ -127,10 +146,14 @@ class VAELitModule(L.LightningModule):
 
     def current_beta(self) -> float:
         """The KL weight at this optimizer step, from ``kl_schedule``."""
+        return self._beta_at(self.global_step)
+
+    def _beta_at(self, step: int) -> float:
+        """The KL weight at optimizer step ``step`` (counted from 0), from ``kl_schedule``."""
         hp = self.hparams
         total = self._total_steps if hp.kl_schedule == "cyclical" else 1
         return kl_weight(
-            self.global_step,
+            step,
             hp.beta,
             hp.kl_schedule,
             self.warmup_steps(),
@@ -172,12 +195,78 @@ class VAELitModule(L.LightningModule):
         return parts.recon.mean() + self.current_beta() * kl_term, terms
 
     def on_train_start(self) -> None:
-        # the cyclical schedule's length, read once: Lightning recomputes it on each access
-        self._total_steps = int(self.trainer.estimated_stepping_batches)
-        # optimizer steps per epoch, for a warm-up given in epochs (kl_warmup_epochs)
-        batches = self.trainer.num_training_batches
-        if math.isfinite(batches):
-            self._steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+        trainer = self.trainer
+        if self.automatic_optimization:
+            # the cyclical schedule's length, read once: Lightning recomputes it on each access
+            self._total_steps = int(trainer.estimated_stepping_batches)
+            # optimizer steps per epoch, for a warm-up given in epochs (kl_warmup_epochs)
+            batches = trainer.num_training_batches
+            if math.isfinite(batches):
+                self._steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+            return
+        # several steps per call: Lightning counts calls; these count optimizer steps
+        batches = min(trainer.num_training_batches * self.batches_per_call, self._epoch_batches())
+        self._steps_per_epoch = math.ceil(batches / self._accumulate)
+        total = self._steps_per_epoch * max(trainer.max_epochs or 1, 1)
+        if trainer.max_epochs in (None, -1):
+            total = trainer.max_steps
+        self._total_steps = (
+            total if trainer.max_steps in (None, -1) else min(total, trainer.max_steps)
+        )
+
+    @property
+    def batches_per_call(self) -> int:
+        """Batches of ``data.batch_size`` in one training_step call."""
+        return int(self.hparams.get("steps_per_call", 1)) * self._accumulate
+
+    def _epoch_batches(self) -> int:
+        """Batches of ``data.batch_size`` in this rank's training epoch."""
+        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None) or getattr(
+            self.trainer.train_dataloader, "sampler", None
+        )
+        return int(getattr(sampler, "num_batches", self.trainer.num_training_batches))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("steps_per_call", 1) > 1:
+            self._take_over_optimization()
+
+    def _take_over_optimization(self) -> None:
+        """Switch to manual optimization for several steps per call: the Trainer's clipping and
+        accumulation are applied by ``training_step`` instead, the data module serves
+        ``batches_per_call`` batches per item, and counts the Trainer takes in batches
+        (``limit_train_batches``, ``val_check_interval``) become counts of calls."""
+        trainer, n = self.trainer, int(self.hparams.steps_per_call)
+        self._clip = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        self._accumulate = int(trainer.accumulate_grad_batches)
+        trainer.gradient_clip_val = None
+        trainer.accumulate_grad_batches = 1
+        per_call = self.batches_per_call
+        for key in ("limit_train_batches", "val_check_interval"):
+            value = getattr(trainer, key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                if value % per_call:
+                    raise VaelabError(
+                        f"trainer.{key}={value} counts batches of data.batch_size, and with "
+                        f"model.steps_per_call={n} (x accumulate_grad_batches="
+                        f"{self._accumulate}) a training call takes {per_call}: give a "
+                        f"multiple of {per_call}, or model.steps_per_call=1"
+                    )
+                setattr(trainer, key, value // per_call)
+            elif key == "limit_train_batches" and value is not None and value != 1.0:
+                raise VaelabError(
+                    f"trainer.limit_train_batches={value} (a fraction) would count calls of "
+                    f"{per_call} batches with model.steps_per_call={n}: give a whole number "
+                    f"of batches (a multiple of {per_call}), or model.steps_per_call=1"
+                )
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "train_batches_per_item"):
+            raise VaelabError(
+                f"model.steps_per_call={n} needs a data module that serves several batches "
+                "per item (vaelab.data.MNISTDataModule); use model.steps_per_call=1"
+            )
+        datamodule.train_batches_per_item = per_call
+        self._batch_size = int(datamodule.batch_size)
+        self.automatic_optimization = False
 
     def configure_model(self) -> None:
         if self.hparams.compile:  # in place: parameter names, hence checkpoints, stay the same
@@ -192,6 +281,8 @@ class VAELitModule(L.LightningModule):
         metric.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if not self.automatic_optimization:
+            return self._several_steps(batch)
         x, _ = batch
         loss, terms = self.objective(x)
         stacked = torch.stack(terms)
@@ -205,6 +296,87 @@ class VAELitModule(L.LightningModule):
                 self.log(f"train_step/{term}", values.mean())
             self.log("train_step/beta", self.current_beta())
         return loss
+
+    def _several_steps(self, batch) -> dict:
+        """Up to ``steps_per_call`` optimizer steps on consecutive batches of ``batch`` (split
+        in batches of ``data.batch_size``), each as Lightning's automatic optimization takes
+        it: zero the gradients, backward (divided by the batches accumulated), clip, step.
+        Stops at ``trainer.max_steps``. Returns the steps' losses [S] (for the NaN guard)."""
+        x, _ = batch
+        optimizer = self.optimizers()
+        trainer, group = self.trainer, self._accumulate
+        chunks = x.split(self._batch_size)
+        losses = []
+        for start in range(0, len(chunks), group):
+            if 0 <= trainer.max_steps <= self.global_step:
+                break
+            step = self.global_step  # Lightning logs a step's values at its count before it
+            log_now = (step + 1) % trainer.log_every_n_steps == 0
+            optimizer.zero_grad()
+            for chunk in chunks[start : start + group]:
+                loss, terms = self.objective(chunk)
+                stacked = torch.stack(terms)
+                self.epoch_means["train_means"].update(stacked)
+                self.latest_train_terms = stacked.detach()
+                self.manual_backward(loss / group if group > 1 else loss)
+            losses.append(loss.detach())
+            value, algorithm = self._clip
+            if value:  # the hook Lightning calls, with the optimizer it is given there
+                self.configure_gradient_clipping(optimizer.optimizer, value, algorithm)
+            optimizer.step()
+            self._step_schedulers("step", index=self._epoch_steps)
+            self._epoch_steps += 1
+            if log_now:  # the steps Lightning would log at with one step per call
+                self._log_step({t: v.mean() for t, v in zip(TERMS, terms, strict=True)}, step)
+        # Lightning adds one per call: keep its logging step equal to the optimizer steps
+        trainer.fit_loop.epoch_loop._batches_that_stepped += max(len(losses) - 1, 0)
+        return {"loss": torch.stack(losses) if losses else torch.zeros(0, device=x.device)}
+
+    def _step_schedulers(self, interval: str, index: int, plateau: bool = False) -> None:
+        """What Lightning's loop does for automatic optimization: step the schedulers of
+        ``interval`` whose ``frequency`` divides ``index + 1`` (plateau ones with their
+        monitored value)."""
+        for config in self.trainer.lr_scheduler_configs:
+            # (Lightning leaves reduce_on_plateau unset for manual optimization)
+            on_plateau = isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            if config.interval != interval or on_plateau != plateau:
+                continue
+            if (index + 1) % config.frequency:
+                continue
+            if plateau:
+                monitor = config.monitor or MONITOR
+                value = self.trainer.callback_metrics.get(monitor)
+                if value is None:
+                    if config.strict:
+                        raise VaelabError(
+                            f"the learning-rate scheduler monitors {monitor!r}, which was not "
+                            "logged; log it or set the scheduler's monitor"
+                        )
+                    continue
+                config.scheduler.step(value)
+            else:
+                config.scheduler.step()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_steps = 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # several steps per call: the epoch's schedulers step after its last batch, before
+        # validation, as Lightning steps them for automatic optimization
+        if not self.automatic_optimization:
+            loop = self.trainer.fit_loop.epoch_loop
+            if loop.batch_progress.current.ready == self.trainer.num_training_batches or (
+                loop.batch_progress.is_last_batch
+            ):
+                self._step_schedulers("epoch", index=self.current_epoch)
+
+    def _log_step(self, values: dict[str, torch.Tensor], step: int) -> None:
+        """``train_step/*`` and the KL weight of optimizer step ``step`` to the loggers, at the
+        step Lightning gives them with one step per call."""
+        metrics = {f"train_step/{t}": float(v.detach()) for t, v in values.items()}
+        metrics["train_step/beta"] = float(self._beta_at(step))
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def _eval_step(self, batch, split: str) -> None:
         x, _ = batch
@@ -222,6 +394,8 @@ class VAELitModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        if not self.automatic_optimization and not self.trainer.fit_loop.restarting:
+            self._step_schedulers("epoch", index=self.current_epoch, plateau=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
@@ -276,7 +450,7 @@ class VAELitModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
-        }
+        config = {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch"}
+        if not self.automatic_optimization:  # stepped by _step_schedulers, which knows MONITOR
+            del config["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": config}
