@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks in one command, under 8 minutes on one GPU: the gpu tests, the throughput
+# The GPU checks in one command, under 9 minutes on one GPU: the gpu tests, the throughput
 # benchmark on the GPU (against the reference script, the plain PyTorch loop and, where
-# pythae imports, pythae's trainer), and the default 20-epoch run as a user starts it on the GPU; the figures
+# pythae imports, pythae's trainer), the default fit again at model.steps_per_call=1 (the
+# optimizer steps/s at 1 and at the default), and the default 20-epoch run as a user starts it on the GPU; the figures
 # go to <out>/gpu_check.md (and .json, with the logs beside them).
 #
 #   bash scripts/gpu_check.sh prepare [DATA_ROOT]   # where pip works: wheels + MNIST into .gpu/
@@ -68,6 +69,11 @@ step "throughput benchmark ($BENCH_EPOCHS epochs, reference, plain loop, pythae 
 $PY scripts/benchmark.py --epochs "$BENCH_EPOCHS" --rounds 1 --device "$DEVICE" --data-root "$data" \
   --nll-images "$NLL_IMAGES" --json "$out/benchmark.json" 2>&1 | tee "$out/benchmark.log" | tail -n 8
 
+step "one optimizer step per call ($BENCH_EPOCHS epochs, plain loop and vaelab at model.steps_per_call=1)"
+$PY scripts/benchmark.py --epochs "$BENCH_EPOCHS" --rounds 1 --device "$DEVICE" --data-root "$data" \
+  --sides plain,vaelab_default --json "$out/steps_per_call_1.json" model.steps_per_call=1 2>&1 \
+  | tee "$out/steps_per_call_1.log" | tail -n 6
+
 step "default run, $EPOCHS epochs, as a user starts it"
 start=$(date +%s.%N)
 $PY train.py trainer.accelerator="$ACCELERATOR" trainer.max_epochs="$EPOCHS" \
@@ -117,6 +123,18 @@ for side in ("plain", "pythae"):
             f" ({b[f'vaelab_default_over_{side}']:.2f}x); test loss {b[f'{side}_test_loss']:.2f}"
             f" against {b['vaelab_default_test_loss']:.2f}"
         )
+one = json.loads(Path(out, "steps_per_call_1.json").read_text())
+report["steps_per_call_1"] = {k: v for k, v in one.items() if k != "runs"}
+batch = 128  # data.batch_size of the default run: steps/s = samples/s / 128
+lines.append(
+    f"- optimizer steps/s of the default fit over {b['epochs']} epochs: model.steps_per_call=1"
+    f" {one['vaelab_default_fit_samples_per_sec'] / batch:.0f}"
+    f" ({one['vaelab_default_over_plain']:.2f}x the plain loop's"
+    f" {one['plain_fit_samples_per_sec'] / batch:.0f}), the default"
+    f" {b['vaelab_default_fit_samples_per_sec'] / batch:.0f}"
+    + (f" ({b['vaelab_default_over_plain']:.2f}x)" if "vaelab_default_over_plain" in b else "")
+)
+Path(out, "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 for side, why in b.get("skipped", {}).items():
     lines.append(f"- {side}: skipped ({why})")
 if "vaelab_nll_seconds_for_10000_images" in b:

@@ -314,3 +314,28 @@ def status_of(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     return ""
+
+
+@pytest.mark.slow
+def test_every_rank_takes_the_same_steps_per_call(synthetic_root, tmp_path):
+    """Two processes with 3 optimizer steps per call end with the weights of one step per
+    call, bit for bit: each rank takes the same steps on its share of the same batches."""
+    weights = {}
+    for steps in (1, 3):
+        log_dir = tmp_path / str(steps)
+        result = run_script(
+            "train.py",
+            [
+                *ddp_run_overrides(synthetic_root, log_dir),
+                "callbacks.figures=null",
+                f"model.steps_per_call={steps}",
+                "test=false",
+            ],
+        )
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        checkpoint = only_run_dir(log_dir) / "checkpoints" / "last.ckpt"
+        state = torch.load(checkpoint, weights_only=True)
+        assert state["global_step"] == 2 * 4  # 4 global batches of 128 an epoch
+        weights[steps] = state["state_dict"]
+    for key, value in weights[1].items():
+        assert torch.equal(value, weights[3][key]), key

@@ -10,6 +10,7 @@ with ``torch.cuda.set_sync_debug_mode("error")``)."""
 from __future__ import annotations
 
 import lightning as L
+import pytest
 from conftest import compose_train, synthetic_overrides
 from torch.overrides import TorchFunctionMode
 
@@ -55,7 +56,13 @@ class HostReadsPerStep(L.Callback):
         self._close()
 
 
-def test_a_training_step_reads_the_device_only_when_something_is_shown(synthetic_root, tmp_path):
+@pytest.mark.parametrize("steps", [1, 4])
+def test_a_training_step_reads_the_device_only_when_something_is_shown(
+    synthetic_root, tmp_path, steps
+):
+    """With ``steps`` optimizer steps per call: a call reads the device only when one of its
+    steps is logged, or when the bar refreshes or the NaN guard checks (every ``every``
+    calls), or at the epoch's end."""
     every = 5
     overrides = synthetic_overrides(synthetic_root, tmp_path) + [
         "trainer.max_epochs=1",
@@ -63,6 +70,7 @@ def test_a_training_step_reads_the_device_only_when_something_is_shown(synthetic
         f"trainer.log_every_n_steps={every}",
         f"callbacks.progress_bar.refresh_rate={every}",
         "callbacks.figures=null",
+        f"model.steps_per_call={steps}",
     ]
     cfg = compose_train(overrides, tmp_path / "run")
     probe = HostReadsPerStep()
@@ -71,10 +79,13 @@ def test_a_training_step_reads_the_device_only_when_something_is_shown(synthetic
         trainer.callbacks.append(probe)
         trainer.fit(model, datamodule=datamodule)
 
-    batches = sorted(probe.reads)
-    assert len(batches) == 32
-    shown = {b for b in batches if (b + 1) % every == 0} | {batches[-1]}
-    quiet = {b: probe.reads[b] for b in batches if b not in shown}
+    calls = sorted(probe.reads)
+    assert len(calls) == 32 // steps and trainer.global_step == 32
+    logged = {
+        c for c in calls if any((s + 1) % every == 0 for s in range(c * steps, (c + 1) * steps))
+    }
+    shown = logged | {c for c in calls if (c + 1) % every == 0} | {calls[-1]}
+    quiet = {c: probe.reads[c] for c in calls if c not in shown}
     assert quiet and all(reads == [] for reads in quiet.values()), quiet
     # the probe does see reads: on log steps the loggers, the bar and the NaN check read
-    assert all(probe.reads[b] for b in shown if b != batches[-1])
+    assert all(probe.reads[c] for c in shown if c != calls[-1])

@@ -151,6 +151,8 @@ class MNISTDataModule(L.LightningDataModule):
         # batches of batch_size joined into one item of the training loader (set by a module
         # that takes that many batches in one training step: model.steps_per_call)
         self.train_batches_per_item = 1
+        # trainer.limit_train_batches in batches of batch_size, applied by the sampler then
+        self.train_batch_limit: int | float | None = None
 
     @property
     def raw_dir(self) -> Path:
@@ -230,6 +232,7 @@ class MNISTDataModule(L.LightningDataModule):
         )
         # several batches per item for a module that takes several optimizer steps a call
         loader.sampler.batches_per_item = self.train_batches_per_item
+        loader.sampler.max_batches = self.train_batch_limit
         self._train_sampler = loader.sampler
         if self._skip_batches:
             loader.sampler.resume(self._skip_batches)

@@ -66,6 +66,9 @@ class ShardedBatches(Sampler[torch.Tensor]):
         self.epoch = 0
         self._skip = 0
         self.batches_per_item = 1
+        # the first this many batches of an epoch (an int), or that share of them (a float),
+        # as Lightning's limit_train_batches counts them; None: all
+        self.max_batches: int | float | None = None
         # where the data live: the epoch's indices go there in one copy, not one per batch
         # (a host-to-device copy from pageable memory waits for the device)
         self.device = torch.device(device) if device is not None else None
@@ -103,7 +106,7 @@ class ShardedBatches(Sampler[torch.Tensor]):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         skip, self._skip = self._skip, 0
-        batches = self._batches()[skip:]
+        batches = self._batches()[: self.num_batches][skip:]
         if self.batches_per_item > 1:
             n = self.batches_per_item
             batches = [torch.cat(batches[i : i + n]) for i in range(0, len(batches), n)]
@@ -114,11 +117,19 @@ class ShardedBatches(Sampler[torch.Tensor]):
 
     @property
     def num_batches(self) -> int:
-        """Batches of ``batch_size`` in a whole pass (``len()`` counts items)."""
+        """Batches of ``batch_size`` in a whole pass, after ``max_batches`` (``len()`` counts
+        items)."""
         if self.shuffle:
             full, rest = divmod(self.num_items, self.batch_size * self.num_replicas)
-            return full + (rest >= self.num_replicas)
-        return len(self._eval_batches())
+            total = full + (rest >= self.num_replicas)
+        else:
+            total = len(self._eval_batches())
+        limit = self.max_batches
+        if limit is None:
+            return total
+        if isinstance(limit, float):  # Lightning's rule for a fraction
+            return int(total * limit) if limit < 1.0 else total
+        return min(total, int(limit))
 
     def __len__(self) -> int:
         return math.ceil(self.num_batches / self.batches_per_item)

@@ -234,30 +234,24 @@ class VAELitModule(L.LightningModule):
         """Switch to manual optimization for several steps per call: the Trainer's clipping and
         accumulation are applied by ``training_step`` instead, the data module serves
         ``batches_per_call`` batches per item, and counts the Trainer takes in batches
-        (``limit_train_batches``, ``val_check_interval``) become counts of calls."""
+        (``val_check_interval``) become counts of calls; ``limit_train_batches`` goes to the
+        data module, which serves that many batches."""
         trainer, n = self.trainer, int(self.hparams.steps_per_call)
         self._clip = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         self._accumulate = int(trainer.accumulate_grad_batches)
         trainer.gradient_clip_val = None
         trainer.accumulate_grad_batches = 1
         per_call = self.batches_per_call
-        for key in ("limit_train_batches", "val_check_interval"):
-            value = getattr(trainer, key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                if value % per_call:
-                    raise VaelabError(
-                        f"trainer.{key}={value} counts batches of data.batch_size, and with "
-                        f"model.steps_per_call={n} (x accumulate_grad_batches="
-                        f"{self._accumulate}) a training call takes {per_call}: give a "
-                        f"multiple of {per_call}, or model.steps_per_call=1"
-                    )
-                setattr(trainer, key, value // per_call)
-            elif key == "limit_train_batches" and value is not None and value != 1.0:
+        value = trainer.val_check_interval
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value % per_call:
                 raise VaelabError(
-                    f"trainer.limit_train_batches={value} (a fraction) would count calls of "
-                    f"{per_call} batches with model.steps_per_call={n}: give a whole number "
-                    f"of batches (a multiple of {per_call}), or model.steps_per_call=1"
+                    f"trainer.val_check_interval={value} counts batches of data.batch_size, "
+                    f"and with model.steps_per_call={n} (x accumulate_grad_batches="
+                    f"{self._accumulate}) a training call takes {per_call}: give a multiple "
+                    f"of {per_call}, a fraction of the epoch, or model.steps_per_call=1"
                 )
+            trainer.val_check_interval = value // per_call
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "train_batches_per_item"):
             raise VaelabError(
@@ -265,6 +259,12 @@ class VAELitModule(L.LightningModule):
                 "per item (vaelab.data.MNISTDataModule); use model.steps_per_call=1"
             )
         datamodule.train_batches_per_item = per_call
+        # the data module's sampler keeps limit_train_batches in batches (the last call of an
+        # epoch takes what is left); Lightning then takes every call it serves
+        limit = trainer.limit_train_batches
+        if limit is not None and limit != 1.0:
+            datamodule.train_batch_limit = limit
+            trainer.limit_train_batches = 1.0
         self._batch_size = int(datamodule.batch_size)
         self.automatic_optimization = False
 
