@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -267,6 +268,10 @@ class VAELitModule(L.LightningModule):
             trainer.limit_train_batches = 1.0
         self._batch_size = int(datamodule.batch_size)
         self.automatic_optimization = False
+        # Lightning compares log_every_n_steps with the calls of an epoch; the steps are logged
+        warnings.filterwarnings(
+            "ignore", message=r"The number of training batches \(\d+\) is smaller than the log"
+        )
 
     def configure_model(self) -> None:
         if self.hparams.compile:  # in place: parameter names, hence checkpoints, stay the same
