@@ -169,3 +169,17 @@ def test_resumed_mid_epoch_continues_at_the_same_step_and_batches(synthetic_root
 def test_a_validation_interval_that_calls_cannot_hold_is_refused(synthetic_root, tmp_path):
     with pytest.raises(VaelabError, match="trainer.val_check_interval=4 counts batches"):
         fit(synthetic_root, tmp_path, N, "+trainer.val_check_interval=4")
+
+
+def test_the_progress_bar_says_it_counts_calls(synthetic_root, tmp_path):
+    _, trainer = fit(
+        synthetic_root,
+        tmp_path,
+        N,
+        "callbacks.progress_bar.refresh_rate=1",
+        "callbacks.figures=null",
+        "trainer.max_epochs=1",
+    )
+    bar = trainer.progress_bar_callback._train_progress_bar
+    assert bar.desc.startswith(f"Epoch 0 (calls of {N} steps)")
+    assert bar.total == 3  # calls of 3, 3 and 2 steps
