@@ -339,3 +339,15 @@ def test_every_rank_takes_the_same_steps_per_call(synthetic_root, tmp_path):
         weights[steps] = state["state_dict"]
     for key, value in weights[1].items():
         assert torch.equal(value, weights[3][key]), key
+
+
+def test_a_bad_rendezvous_timeout_is_one_line(synthetic_root, tmp_path):
+    result = run_script(
+        "train.py",
+        [*ddp_run_overrides(synthetic_root, tmp_path), "trainer.strategy.rendezvous_timeout=0"],
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [
+        "error: trainer.strategy.rendezvous_timeout=0 must be positive (seconds the DDP "
+        "processes may take to start and meet, e.g. 300)"
+    ]

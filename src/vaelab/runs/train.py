@@ -139,9 +139,15 @@ def build(
     strategy = cfg.trainer.get("strategy")
     # a plain "ddp" gets vaelab's DDPStrategy: Lightning's, whose start never hangs
     watched = {"strategy": DDPStrategy()} if strategy == "ddp" else {}
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **watched
-    )
+    try:
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, **watched
+        )
+    except InstantiationException as err:  # e.g. the strategy refusing a value: its own line
+        cause = vaelab_cause(err)
+        if cause is None:
+            raise
+        raise cause from None
     return datamodule, model, trainer
 
 
