@@ -106,7 +106,8 @@ class ShardedBatches(Sampler[torch.Tensor]):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         skip, self._skip = self._skip, 0
-        batches = self._batches()[: self.num_batches][skip:]
+        batches = self._batches()
+        batches = batches[: self._limit(len(batches))][skip:]
         if self.batches_per_item > 1:
             n = self.batches_per_item
             batches = [torch.cat(batches[i : i + n]) for i in range(0, len(batches), n)]
@@ -121,9 +122,11 @@ class ShardedBatches(Sampler[torch.Tensor]):
         items)."""
         if self.shuffle:
             full, rest = divmod(self.num_items, self.batch_size * self.num_replicas)
-            total = full + (rest >= self.num_replicas)
-        else:
-            total = len(self._eval_batches())
+            return self._limit(full + (rest >= self.num_replicas))
+        return self._limit(len(self._eval_batches()))
+
+    def _limit(self, total: int) -> int:
+        """How many of ``total`` batches ``max_batches`` keeps."""
         limit = self.max_batches
         if limit is None:
             return total

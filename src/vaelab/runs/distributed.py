@@ -169,10 +169,10 @@ def rank_exit_message(local_rank: int, proc: subprocess.Popen, when: str) -> str
 
 class RankWatchdog(threading.Thread):
     """Watches the extra ranks that rank 0 started. When one exits with a non-zero status it
-    records the failure (``failure``, read by the rendezvous and by ``raise_rank_failure``),
-    aborts the process group where the backend can (NCCL), and if rank 0 has not stopped
-    ``grace`` seconds later, prints the failure and ends rank 0 (its checkpoints are written
-    atomically, so they stay whole). Stops by itself once every rank has exited with 0."""
+    aborts the process group where the backend can (NCCL), and if rank 0 has not raised the
+    failure itself (``DDPStrategy.raise_rank_failure`` sets ``handled``) ``grace`` seconds
+    later, prints it and ends rank 0 (its checkpoints are written atomically, so they stay
+    whole). Stops by itself once every rank has exited with 0."""
 
     def __init__(self, procs: list[subprocess.Popen], grace: float = 20.0, period: float = 0.5):
         super().__init__(daemon=True, name="vaelab-rank-watchdog")
