@@ -46,9 +46,9 @@ def image_steps(run_dir, tag: str = "val/samples") -> list[int]:
 
 
 def test_images_are_logged_every_n_epochs_and_after_the_last(run_dir, synthetic_root, tmp_path):
-    # the shared run: 2 epochs with the default every_n_epochs=5, so the last epoch only
-    # at the global step of that epoch's val scalars: 8 steps an epoch (500 images, batch 64)
-    assert image_steps(run_dir) == [2 * 8 - 1]
+    # the shared run: 2 epochs with the default every_n_epochs=1, at the global step of each
+    # epoch's val scalars: 8 steps an epoch (500 images, batch 64)
+    assert image_steps(run_dir) == [8 - 1, 2 * 8 - 1]
     result = run_script(
         "train.py",
         synthetic_overrides(synthetic_root, tmp_path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -11,7 +12,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
+from vaelab.errors import StorageError
 from vaelab.evaluation.metrics import (
     ACTIVE_UNIT_THRESHOLD,
     ClassMeans,
@@ -20,7 +23,9 @@ from vaelab.evaluation.metrics import (
     NegativeLogLikelihood,
 )
 from vaelab.evaluation.plotting import (
+    LatentSpacePlot,
     bar_figure,
+    encode_png,
     grid_figure,
     image_grid,
     latent_space_figure,
@@ -30,6 +35,13 @@ from vaelab.evaluation.plotting import (
 from vaelab.science.bounds import ElboTerms
 from vaelab.science.distributions import flatten, unflatten
 from vaelab.science.latent import encode_dataset, interpolate, project_2d
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line of the message``, for a warning that stays one line."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
 def _first_loader(loaders):
@@ -54,6 +66,24 @@ def _tensorboards(trainer: L.Trainer):
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
+def add_png(writers, tag: str, png: bytes, shape, step: int) -> None:
+    """An image summary of PNG bytes (an image [C, H, W] of ``shape``) at ``step`` to each
+    of ``writers``: what ``SummaryWriter.add_image`` writes, from bytes encoded once."""
+    channels, height, width = shape
+    summary = Summary(
+        value=[
+            Summary.Value(
+                tag=tag,
+                image=Summary.Image(
+                    height=height, width=width, colorspace=channels, encoded_image_string=png
+                ),
+            )
+        ]
+    )
+    for writer in writers:
+        writer._get_file_writer().add_summary(summary, step)  # (add_image's own path)
+
+
 class VAEFigures(L.Callback):
     """Every ``every_n_epochs`` epochs and after the last, logs to TensorBoard (at the global
     step, the step of the scalars; the figures' titles name the epoch, counted from 1)
@@ -61,8 +91,11 @@ class VAEFigures(L.Callback):
     (a fixed z, so epochs compare), ``val/interpolation`` (between two test images of
     different digits) and ``val/latent_space`` (mu of the validation set coloured by digit,
     PCA when latent_dim > 2). At the end of fit, writes the same as PNGs into ``figure_dir``.
-    Drawing them takes about 0.2 s of the training thread (``docs/speed.md``): the default
-    config draws them every 5 epochs; ``every_n_epochs=1`` draws them every epoch.
+    The latent space reuses the posterior means the validation step computed (its
+    ``posterior_mean`` output) and a figure built once and redrawn (``LatentSpacePlot``),
+    which keeps the figures of an epoch under 1 % of its training time (``docs/speed.md``).
+    A figure that fails to draw is one warning line; the run goes on. The PNGs are written
+    at the end of fit, and on an interruption from the last epoch drawn.
 
     The projector: at the end of fit, and every ``projector_every_n_epochs`` epochs when > 0,
     the posterior means of the first ``projector_points`` validation images go to
@@ -95,6 +128,11 @@ class VAEFigures(L.Callback):
         self.projector_every_n_epochs = projector_every_n_epochs
         self.seed = seed
         self._fixed: dict[str, torch.Tensor] | None = None
+        self._latent_plot: LatentSpacePlot | None = None  # its frame drawn once
+        self._last_render: tuple[int, int, dict] | None = None  # (global step, epoch, render)
+        # the posterior means and digits this validation computed, for the latent space
+        self._val_means: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
         self._val_step = 0  # the global step of the last validation's scalars
 
     def _fixed_inputs(self, trainer: L.Trainer, pl_module: L.LightningModule):
@@ -111,6 +149,33 @@ class VAEFigures(L.Callback):
             }
         return {k: v.to(pl_module.device) for k, v in self._fixed.items()}
 
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        self._val_means: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Keeps the posterior means the validation step computed (``posterior_mean`` in its
+        outputs), up to ``max_latent_points``: the latent space is drawn from them instead of
+        encoding the validation images a second time."""
+        if trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx:
+            return
+        if not isinstance(outputs, dict) or "posterior_mean" not in outputs:
+            return
+        need = self.max_latent_points - sum(len(m) for m in self._val_means)
+        if need > 0:
+            self._val_means.append(outputs["posterior_mean"][:need].float().cpu())
+            self._val_labels.append(batch[1][:need].cpu())
+
+    def _latent_points(self, trainer: L.Trainer, net) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior means [N, latent_dim] and digits [N] of the first
+        ``max_latent_points`` validation images: those this validation kept, else encoded."""
+        kept = getattr(self, "_val_means", None)
+        if kept:
+            return torch.cat(kept), torch.cat(self._val_labels)
+        return encode_dataset(net, _val_loader(trainer), self.max_latent_points)
+
     @torch.no_grad()
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         """Image grids [C, H, W] and the latent points of the current model."""
@@ -122,7 +187,7 @@ class VAEFigures(L.Callback):
         recon = net.decode(net.posterior(x).mean)
         pair = flatten(net.posterior(fixed["pair"]).mean)
         path = unflatten(interpolate(pair[0], pair[1], self.interpolation_steps), net.latent_sizes)
-        mu, labels = encode_dataset(net, _val_loader(trainer), self.max_latent_points)
+        mu, labels = self._latent_points(trainer, net)
         nrow = math.ceil(math.sqrt(self.num_samples))
         return {
             "reconstructions": image_grid(torch.cat([x, recon]), nrow=len(x)),
@@ -132,11 +197,13 @@ class VAEFigures(L.Callback):
             "latent_labels": labels,
         }
 
-    def _latent_figure(self, out: dict, pl_module: L.LightningModule, epoch: int):
+    def _latent_title(self, pl_module: L.LightningModule, epoch: int | None) -> str:
         how = "latent dims 0-1" if pl_module.net.latent_dim <= 2 else "PCA of q's means"
-        return latent_space_figure(
-            out["latent_points"], out["latent_labels"], f"Latent space ({how}), epoch {epoch}"
-        )
+        return f"Latent space ({how})" + ("" if epoch is None else f", epoch {epoch}")
+
+    def _latent_figure(self, out: dict, pl_module: L.LightningModule, epoch: int):
+        title = self._latent_title(pl_module, epoch)
+        return latent_space_figure(out["latent_points"], out["latent_labels"], title)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -146,20 +213,34 @@ class VAEFigures(L.Callback):
         max_epochs = trainer.max_epochs or -1  # -1: no limit
         last = 0 < max_epochs <= epoch or trainer.should_stop
         if _tensorboards(trainer) and (epoch % self.every_n_epochs == 0 or last):
-            out = self.render(trainer, pl_module)
-            self._log_figures(trainer, pl_module, out, epoch)
-            # the weights do not change after the last validation: the PNGs reuse this render
-            self._last_render = (trainer.global_step, out) if last else None
+            try:
+                out = self.render(trainer, pl_module)
+                # until the weights change, the PNGs (end of fit, or an interruption) reuse it
+                self._last_render = (trainer.global_step, epoch, out)
+                self._log_figures(trainer, pl_module, out, epoch)
+            except Exception as err:  # noqa: BLE001 - a figure is never worth the run
+                log.warning(
+                    "The figures of epoch %d were not drawn (%s); training goes on",
+                    epoch,
+                    _first_line(err),
+                )
+                return
+            finally:
+                self._val_means = []  # used: a later render (the end of fit) encodes afresh
 
     def _log_figures(self, trainer: L.Trainer, pl_module, out: dict, epoch: int) -> None:
-        for writer in _tensorboards(trainer):
-            step = logging_step(trainer)  # one step axis with the scalars
-            for name in ("reconstructions", "samples", "interpolation"):
-                writer.add_image(f"val/{name}", out[name], global_step=step)
-            writer.add_figure(
-                "val/latent_space", self._latent_figure(out, pl_module, epoch), global_step=step
-            )
-        self._logged_epoch = epoch
+        writers = _tensorboards(trainer)
+        if not writers:
+            return
+        step = logging_step(trainer)  # one step axis with the scalars
+        if self._latent_plot is None:
+            self._latent_plot = LatentSpacePlot(self._latent_title(pl_module, None))
+        self._logged_epoch = epoch  # tried: never twice at one step
+        for name in ("reconstructions", "samples", "interpolation"):
+            add_png(writers, f"val/{name}", encode_png(out[name]), out[name].shape, step)
+        plot = self._latent_plot
+        png = plot.png(out["latent_points"], out["latent_labels"])
+        add_png(writers, "val/latent_space", png, plot.shape, step)
 
     @torch.no_grad()
     def write_projector(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int):
@@ -219,26 +300,53 @@ class VAEFigures(L.Callback):
         if self.figure_dir is None and self._logged_epoch == epoch:
             return
         pl_module.eval()
-        last = getattr(self, "_last_render", None)
-        out = (
-            last[1] if last and last[0] == trainer.global_step else self.render(trainer, pl_module)
-        )
-        self._last_render = None
-        if self._logged_epoch != epoch and epoch > 0:  # stopped early: the final figures too
-            self._log_figures(trainer, pl_module, out, epoch)
-        if self.figure_dir is None:
+        last = self._last_render
+        self._val_means = []  # kept by a validation at other weights, maybe: encode afresh
+        try:
+            if last and last[0] == trainer.global_step:
+                out = last[2]
+            else:
+                out = self.render(trainer, pl_module)
+                self._last_render = (trainer.global_step, epoch, out)
+            if self._logged_epoch != epoch and epoch > 0:  # stopped early: the final figures too
+                self._log_figures(trainer, pl_module, out, epoch)
+        except Exception as err:  # noqa: BLE001 - a figure is never worth the run
+            log.warning(
+                "The final figures were not drawn (%s)",
+                _first_line(err),
+            )
+        self._write_pngs(pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        """Interrupted (SIGTERM, Ctrl-C) or failed: the PNGs of the last epoch drawn."""
+        if trainer.is_global_zero:
+            self._write_pngs(pl_module)
+
+    def _write_pngs(self, pl_module: L.LightningModule) -> None:
+        """The last render as PNGs in ``figure_dir``; a failure to draw is one warning line
+        (a full disk is still the one-line ``StorageError``)."""
+        if self.figure_dir is None or self._last_render is None:
             return
+        _, epoch, out = self._last_render
+        self._last_render = None
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         titles = {
             "reconstructions": "Originals (top) and reconstructions (bottom)",
             "samples": "Samples from the prior",
             "interpolation": "Interpolation between two test digits",
         }
-        for name, title in titles.items():
-            save_figure(grid_figure(out[name], title), self.figure_dir / f"{name}.png")
-        save_figure(
-            self._latent_figure(out, pl_module, epoch), self.figure_dir / "latent_space.png"
-        )
+        try:
+            for name, title in titles.items():
+                save_figure(grid_figure(out[name], title), self.figure_dir / f"{name}.png")
+            path = self.figure_dir / "latent_space.png"
+            save_figure(self._latent_figure(out, pl_module, epoch), path)
+        except StorageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a figure is never worth the run
+            log.warning(
+                "The figures' PNGs were not written (%s)",
+                _first_line(err),
+            )
 
 
 class ProgressBar(TQDMProgressBar):

@@ -383,16 +383,20 @@ class VAELitModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def _eval_step(self, batch, split: str) -> None:
+    def _eval_step(self, batch, split: str) -> dict[str, torch.Tensor]:
         x, _ = batch
         parts = self.net.elbo(x, generator=self.noise)
         terms = (parts.recon + self.hparams.beta * parts.kl, parts.recon, parts.kl)
         self.epoch_means[f"{split}_means"].update(torch.stack(terms))
+        mu = flatten(parts.posterior.mean).detach()
         if split == "val":
-            self.latent_stats.update(flatten(parts.posterior.mean), parts.kl_per_dimension())
+            self.latent_stats.update(mu, parts.kl_per_dimension())
+        return {"posterior_mean": mu}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The batch's posterior means [B, latent_dim] go to the callbacks'
+        ``on_validation_batch_end`` (the figures' latent space reuses them)."""
+        return self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
