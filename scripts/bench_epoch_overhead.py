@@ -17,7 +17,9 @@ validation on 5000 every epoch, checkpoints, figures every 5 epochs and at the e
    both alike; ``fit vs none`` is the default's fit time over ``callbacks=none``'s.
 2. **Profile** (``--profile``, one run in this process): Lightning's ``SimpleProfiler`` on
    the default run; every callback's hooks, validation and the training batches, in seconds
-   per epoch and as a share of the training time.
+   per epoch and as a share of the training time (the figures' hooks also split into those
+   of each epoch and those of the end of fit). ``--rounds 0 --profile`` runs the profile
+   alone.
 
 Extra arguments are Hydra overrides for every run (e.g. ``model.onednn_linear=false``).
 """
@@ -162,12 +164,15 @@ def profile(args) -> dict:
     for action, seconds in durations.items():
         total = sum(seconds)
         if action.startswith("[Callback]"):
-            name = action[len("[Callback]") :].rsplit(".", 1)[0]
+            name, hook = action[len("[Callback]") :].rsplit(".", 1)
             if name.startswith("ModelCheckpoint"):
                 name = (
                     "ModelCheckpoint (best)" if "'val/loss'" in name else "ModelCheckpoint (last)"
                 )
             groups[f"callback {name}"] += total
+            if name == "VAEFigures":  # the figures of every epoch apart from the end of fit
+                per = "end of fit" if hook in ("on_fit_end", "on_exception") else "each epoch"
+                groups[f"callback VAEFigures, {per}"] += total
         elif action == "run_training_batch":
             groups["training batches"] += total
         elif "validation" in action or action == "[_EvaluationLoop].val_next":

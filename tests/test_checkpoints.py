@@ -102,6 +102,18 @@ def test_checkpoint_of_another_architecture_names_the_disagreeing_keys(trained_r
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_with_another_architecture_says_resume_keeps_the_runs_own(trained_run, tmp_path):
+    run_dir, overrides = trained_run
+    cfg = compose_train([*overrides, "model.latent_dim=8", f"resume={run_dir}"], run_dir)
+    with pytest.raises(VaelabError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        f"resume={run_dir} holds another architecture: model.latent_dim=8 but the checkpoint "
+        "has 4; drop those overrides (resume= continues the run with its own model) or train "
+        "a new model without resume"
+    )
+
+
 def test_resume_continues_the_run_from_its_newest_checkpoint(trained_run):
     run_dir, overrides = trained_run
     metrics = train(

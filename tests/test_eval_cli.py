@@ -137,6 +137,16 @@ def test_eval_without_ckpt_path_is_one_error_line():
     ]
 
 
+def test_eval_refuses_an_architecture_override_in_one_line():
+    # Hydra alone would evaluate the checkpoint's model and ignore +model.flow_steps=2
+    result = run_script("eval.py", ["ckpt_path=x.ckpt", "+model.flow_steps=2"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: +model.flow_steps=2: eval.py takes the model, its architecture included, from "
+        "ckpt_path; drop it, or train that model with python train.py model.flow_steps=2"
+    ]
+
+
 def compose_eval(overrides: list[str], output_dir: Path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=overrides)

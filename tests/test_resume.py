@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import ROOT, synthetic_overrides
+from conftest import ROOT, run_script, synthetic_overrides
 
 from vaelab.data.datamodule import MNISTDataModule
 from vaelab.data.sampling import ShardedBatches
@@ -257,3 +258,23 @@ def test_sigterm_and_sigint_then_resume_continue_the_same_run(synthetic_root, tm
     assert yaml.safe_load(records[1].read_text()) == [*args, f"resume={run_dir}"]
     original = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     assert original == args
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = run_script("train.py", [f"resume={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert (
+        f"resume={run_dir}: the run had finished (2 epochs; its metrics.json is kept), nothing "
+        "to continue; to train it longer, raise trainer.max_epochs (it was 2)"
+    ) in output
+    # nothing changed, so nothing is said about the linear path it resolved (auto -> a bool)
+    assert "Resuming with" not in output and "Restoring states" not in output
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    changed = [p for p in before if after[p] != before[p] and p.suffix != ".log"]
+    assert not changed, changed  # (the run's log says it was resumed)
+    new = [p.relative_to(run_dir) for p in after if p not in before]
+    assert all(p.parts[:2] == (".hydra", "resume-001") or p.suffix == ".log" for p in new), new

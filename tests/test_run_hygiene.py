@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -63,6 +64,27 @@ def test_an_unknown_key_names_the_closest(args, shown):
     )
 
 
+def test_an_unknown_option_of_a_group_names_the_closest():
+    with pytest.raises(VaelabError) as err:
+        check_command(["train.py", "model=vaee"], CONFIG_DIR)
+    options = ", ".join(sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml")))
+    assert str(err.value) == (
+        f"model=vaee: the group model has no option vaee; did you mean model=vae? its "
+        f"options: {options}"
+    )
+
+
+@pytest.mark.parametrize("script", ["eval", "sample"])
+@pytest.mark.parametrize("arg", ["+model.flow_steps=2", "model.flow_steps=2", "model=iaf"])
+def test_eval_and_sample_refuse_a_model_override_with_or_without_plus(script, arg):
+    with pytest.raises(VaelabError) as err:
+        check_command([f"{script}.py", "ckpt_path=x.ckpt", arg], CONFIG_DIR, script)
+    assert str(err.value) == (
+        f"{arg}: {script}.py takes the model, its architecture included, from ckpt_path; "
+        f"drop it, or train that model with python train.py {arg.lstrip('+')}"
+    )
+
+
 def test_refused_commands_leave_no_run_dir(tmp_path):
     # a typo (before Hydra), a bad value (before Hydra), missing data (after Hydra made the
     # dir: it is removed again)
@@ -107,6 +129,13 @@ def test_sweep_values_sort_by_name_in_numeric_order():
     }
     assert sortable_texts(["vae", "vampprior"]) == {"vae": "vae", "vampprior": "vampprior"}
     assert sortable_texts(["-1", "2"]) == {"-1": "-1", "2": "2"}
+    # lists (a hierarchy's latent_dim) element by element: [8,4] before [16,8]
+    assert sortable_texts(["[16,8]", "[8,4]", "[8]"]) == {
+        "[16,8]": "[16,8]",
+        "[8,4]": "[08,4]",
+        "[8]": "[08]",
+    }
+    assert sortable_texts(["[[1,2]]", "[3]"]) == {"[[1,2]]": "[[1,2]]", "[3]": "[3]"}
     for values in (["2", "16", "8"], ["0.5", "1", "10"], ["1e-4", "3e-4", "1e-3"]):
         texts = sortable_texts(values)
         assert sorted(values, key=float) == sorted(values, key=texts.get)

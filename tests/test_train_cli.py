@@ -103,7 +103,14 @@ def test_multirun_writes_a_summary_with_one_row_per_job(synthetic_root, tmp_path
         job = json.loads((sweep / row["job"] / "metrics.json").read_text())
         for key in ("test/loss", "test/nll", "test/active_units"):
             assert float(row[key]) == pytest.approx(job[key], rel=1e-4)
-    assert "| model.latent_dim |" in (sweep / "summary.md").read_text()
+    summary = (sweep / "summary.md").read_text()
+    assert "| model.latent_dim |" in summary
+    # counts as integers (nll_k 100, nll_images 200), losses with three decimals
+    first = summary.splitlines()[2].split(" | ")
+    header = summary.splitlines()[0].split(" | ")
+    assert first[header.index("test/nll_k")] == "100"
+    assert first[header.index("test/nll_images")] == "200"
+    assert len(first[header.index("test/loss")].split(".")[1]) == 3
     with Image.open(sweep / "summary.png") as image:
         image.verify()
 

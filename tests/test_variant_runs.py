@@ -82,6 +82,13 @@ def test_each_variant_trains_evaluates_and_samples(variant_run, synthetic_root, 
     assert "test/kl_per_dim" not in metrics  # no closed-form KL: not defined per dimension
     # active units over every latent group, the groups side by side
     assert len(metrics["test/active_unit_variance"]) == sum(sizes.values())
+    # a hierarchy: the training run's metrics.json gives the active units of each layer too
+    layers = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if "active_units/" in k}
+    if len(sizes) > 1:
+        assert set(layers) == set(sizes)
+        assert sum(layers.values()) == metrics["test/active_units"]
+    else:
+        assert not layers
     ckpt = run / "checkpoints" / "last.ckpt"
     model = VAELitModule.load_from_checkpoint(ckpt)  # no config: the variant from hparams
     assert isinstance(model.net, cls) and model.net.latent_sizes == sizes

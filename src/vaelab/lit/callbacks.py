@@ -568,6 +568,8 @@ class EvaluationMetrics(L.Callback):
         # to the scalars nor the printed table of test results
         vectors = ("test/kl_per_dim", "test/active_unit_variance")
         self.test_metrics = {k: results[k] for k in vectors if k in results}
+        for group, units in results.get("test/active_units_per_group", {}).items():
+            self.test_metrics[f"test/active_units/{group}"] = units  # a hierarchy's layers
         if "test/nll" in results:
             self.test_metrics |= {
                 "test/nll_k": self.nll_k,

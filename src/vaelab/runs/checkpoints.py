@@ -106,7 +106,10 @@ def _net_shapes(net_args: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def check_architecture(
-    checkpoint: Mapping[str, Any], model_cfg: Mapping[str, Any], path: str | Path
+    checkpoint: Mapping[str, Any],
+    model_cfg: Mapping[str, Any],
+    path: str | Path,
+    key: str = "ckpt_path",
 ) -> None:
     """Raise when the config's model would not fit the checkpoint's weights, naming every
     argument whose value changes a weight's shape (found by building the network of each
@@ -114,9 +117,11 @@ def check_architecture(
     hyperparameters that differ (beta, likelihood, ...: they load but change the objective)."""
     saved = checkpoint["hyper_parameters"]
     differ = {
-        key: (_plain(model_cfg[key]), _plain(saved[key]))
-        for key in saved
-        if key in model_cfg and _plain(model_cfg[key]) != _plain(saved[key])
+        name: (_plain(model_cfg[name]), _plain(saved[name]))
+        for name in saved
+        if name in model_cfg
+        and _plain(model_cfg[name]) != _plain(saved[name])
+        and model_cfg[name] != "auto"  # (onednn_linear=auto: the checkpoint keeps its choice)
     }
     # arguments the checkpoint's network took at their defaults
     defaults = _defaults(saved.get("net", DEFAULT_NET))
@@ -135,23 +140,28 @@ def check_architecture(
         if k.startswith("net.")
     }
     shapes = []
-    for key in (k for k in differ if k not in MODULE_ARGUMENTS):
+    for name in (k for k in differ if k not in MODULE_ARGUMENTS):
         try:
-            if _net_shapes({**saved_net, key: differ[key][0]}) != weights:
-                shapes.append(key)
+            if _net_shapes({**saved_net, name: differ[name][0]}) != weights:
+                shapes.append(name)
         except (VaelabError, TypeError, ValueError):
-            shapes.append(key)  # the checkpoint's network cannot take this value at all
+            shapes.append(name)  # the checkpoint's network cannot take this value at all
     if shapes:
         pairs = ", ".join(
             f"model.{k}={differ[k][0]} but the checkpoint has {differ[k][1]}" for k in shapes
         )
-        raise VaelabError(
-            f"ckpt_path={path} holds another architecture: {pairs}; drop those overrides "
-            "(resume=<run_dir> reuses the run's own) or train a new model without ckpt_path"
+        how = (
+            "resume= continues the run with its own model"
+            if key == "resume"
+            else "resume=<run_dir> reuses the run's own"
         )
-    for key, (now, before) in differ.items():
+        raise VaelabError(
+            f"{key}={path} holds another architecture: {pairs}; drop those overrides "
+            f"({how}) or train a new model without {key}"
+        )
+    for name, (now, before) in differ.items():
         log.warning(
-            "Resuming with model.%s=%s (the checkpoint was trained with %s)", key, now, before
+            "Resuming with model.%s=%s (the checkpoint was trained with %s)", name, now, before
         )
 
 
@@ -211,7 +221,10 @@ def checkpoint_to_resume(cfg: Mapping[str, Any]) -> Path | None:
     model = cfg["model"]
     if isinstance(model, DictConfig):
         model = OmegaConf.to_container(model, resolve=True)
-    check_architecture(checkpoint, model, path)
+    if resume is not None:
+        check_architecture(checkpoint, model, resume, "resume")
+    else:
+        check_architecture(checkpoint, model, path)
     if run_dir_of(path) is not None:
         remove_stale_temporaries(path.parent)
     log.info("Continuing from %s (global step %s)", path, checkpoint.get("global_step"))

@@ -304,6 +304,37 @@ def architecture_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def network_problems(cfg: DictConfig) -> list[str]:
+    """What the network's own constructor refuses (a ``VaelabError``: ``model.hidden_dims``
+    that do not fit ``model.latent_dim``, ...), found by building it on the meta device (no
+    memory, no initialisation) before the run seeds, loads data or builds anything else.
+    Any other failure is left to the build, which reports it as before."""
+    from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net
+
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig) or not str(model.get("_target_", "")).endswith(
+        "VAELitModule"
+    ):
+        return []
+    module_arguments = set(inspect.signature(VAELitModule.__init__).parameters) - {"net"}
+    args = {
+        k: v
+        for k, v in OmegaConf.to_container(model, resolve=True).items()
+        if not k.startswith("_") and k not in module_arguments
+    }
+    target = args.pop("net", DEFAULT_NET)
+    if "onednn_linear" in args:
+        args["onednn_linear"] = False  # the shapes do not depend on it; auto would time kernels
+    try:
+        with torch.device("meta"):
+            build_net(target, args)
+    except VaelabError as err:
+        return [str(err)]
+    except Exception:  # noqa: BLE001 - reported by the build itself
+        return []
+    return []
+
+
 def accelerator_problems(cfg: DictConfig) -> list[str]:
     """A GPU asked for where torch sees none (Lightning would stop with a traceback)."""
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
@@ -318,6 +349,8 @@ def accelerator_problems(cfg: DictConfig) -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     """Raise one VaelabError listing every bad value (one line each), or return."""
     problems = value_problems(cfg) + architecture_problems(cfg) + argument_problems(cfg)
+    if not problems:  # (a value refused above may not even build)
+        problems += network_problems(cfg)
     problems += accelerator_problems(cfg)
     if cfg.get("resume") is not None and cfg.get("ckpt_path") is not None:
         problems.append(

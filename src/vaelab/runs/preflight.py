@@ -7,12 +7,15 @@ refuses in one line (a ``VaelabError``):
 
 - an override of a key the config does not have (``model.latnt_dim=4``), naming the closest
   keys (Hydra's own answer is a multi-line struct error with exit status 1);
+- an option a group does not have (``model=vaee``), naming the closest and listing them;
+- for eval.py and sample.py, any override of the model (``+model.flow_steps=2``): they take
+  the model from the checkpoint;
 - a bad value (``vaelab.runs.config_checks``) of a single run;
 - a new run into a run dir that holds checkpoints (``hydra.run.dir=<an earlier run>``): a
   run never continues another's checkpoints unless asked with ``resume=``.
 
-Other composition errors (an unknown option of a group, a syntax error) are left to Hydra,
-which reports them before it creates any dir.
+Other composition errors (a syntax error) are left to Hydra, which reports them before it
+creates any dir.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from vaelab.runs.config_checks import check_config
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
+_NO_OPTION = re.compile(r"Could not find '([^'/]+)/([^']+)'")
+# the scripts that take their model from a checkpoint: its architecture is not theirs to change
+FROM_CHECKPOINT = {"eval": "eval.py", "sample": "sample.py"}
 
 
 def _first_values(args: list[str]) -> list[str]:
@@ -92,6 +98,32 @@ def unknown_key_error(
     return VaelabError(f"{shown}: the config has no key {key}; {hint}")
 
 
+def unknown_option_error(config_dir: Path, group: str, option: str, given: list[str]):
+    """The one-line error for ``group=option`` where configs/<group>/ has no such option."""
+    shown = next((o for o in given if _key(o) == group), f"{group}={option}")
+    options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+    hint = f"did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
+    return VaelabError(
+        f"{shown}: the group {group} has no option {option}; {hint}its options: "
+        f"{', '.join(options)}"
+    )
+
+
+def model_override_error(script: str, given: list[str]) -> VaelabError | None:
+    """For eval.py and sample.py: the first override of the model's keys, refused (the model
+    and its architecture come from the checkpoint; Hydra would ignore ``+model.x`` silently
+    or refuse ``model.x`` in several lines)."""
+    for arg in given:
+        key = _key(arg)
+        if key == "model" or key.startswith("model."):
+            return VaelabError(
+                f"{arg}: {script} takes the model, its architecture included, from ckpt_path; "
+                f"drop it, or train that model with python train.py {arg.lstrip('+~')}"
+            )
+    return None
+
+
 def _continues(cfg: DictConfig, run_dir: Path) -> bool:
     """Whether the command continues the run in ``run_dir`` (resume=, or a checkpoint of it)."""
     if cfg.get("resume") is not None:
@@ -102,9 +134,9 @@ def _continues(cfg: DictConfig, run_dir: Path) -> bool:
 
 def check_command(argv: list[str], config_dir: Path, config_name: str = "train") -> None:
     """Raise one ``VaelabError`` when ``argv`` (a ``train.py`` command line, after
-    ``resume_argv``) would be refused; return when Hydra should run it. Command lines with
-    Hydra's flags (``--help``, ``--cfg``, ...) and the extra DDP ranks Lightning starts are
-    left to Hydra."""
+    ``resume_argv``; or of eval.py or sample.py, ``config_name`` eval or sample) would be
+    refused; return when Hydra should run it. Command lines with Hydra's flags (``--help``,
+    ``--cfg``, ...) and the extra DDP ranks Lightning starts are left to Hydra."""
     args = argv[1:]
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         return
@@ -112,6 +144,10 @@ def check_command(argv: list[str], config_dir: Path, config_name: str = "train")
         return
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     given = [a for a in args if a not in MULTIRUN_FLAGS]
+    if config_name in FROM_CHECKPOINT and (
+        err := model_override_error(FROM_CHECKPOINT[config_name], given)
+    ):
+        raise err
     try:
         overrides = _first_values(given) if multirun else given
         cfg = _compose(config_dir, config_name, overrides)
@@ -120,11 +156,15 @@ def check_command(argv: list[str], config_dir: Path, config_name: str = "train")
         if "is not in struct" in text and (match := _NOT_IN_STRUCT.search(text)):
             key = match.group(1)
             raise unknown_key_error(config_dir, config_name, overrides, key, given) from None
+        if match := _NO_OPTION.search(text):
+            raise unknown_option_error(config_dir, *match.groups(), given) from None
         return  # Hydra says what is wrong, before it creates a dir
     except Exception:  # noqa: BLE001 - anything else: Hydra's own report
         return
     if multirun or "MULTIRUN" in str(OmegaConf.select(cfg, "hydra.mode", default="")):
         return  # a job with a bad value fails alone, listed in the sweep's summary
+    if config_name != "train":
+        return
     check_config(cfg)
     try:
         run_dir = Path(str(cfg.hydra.run.dir)).expanduser()

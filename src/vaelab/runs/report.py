@@ -46,6 +46,11 @@ def summary_table(metrics: dict) -> Table:
             if key == "tested_checkpoint" and value.endswith(".ckpt"):
                 value = Path(value).name
             table.add_row(label, _fmt(value))
+        if key == "val/active_units_last":  # a hierarchy: the test's active units per layer
+            for name in (k for k in metrics if k.startswith("test/active_units/")):
+                table.add_row(
+                    f"active units of {name.rsplit('/', 1)[1]} (test)", _fmt(metrics[name])
+                )
     return table
 
 

@@ -78,6 +78,30 @@ def continue_job(cfg: DictConfig) -> dict | None:
     return None
 
 
+def finished_run(cfg: DictConfig) -> dict | None:
+    """For ``resume=`` of a run that had finished (its metrics.json written) and is given the
+    same length (``trainer.max_epochs`` and ``max_steps`` of its ``.hydra/config.yaml``): its
+    metrics, after one line that says so, instead of testing it again; else None (the run
+    continues, e.g. with a larger ``trainer.max_epochs``)."""
+    run_dir = Path(cfg.paths.output_dir)
+    metrics, saved = run_dir / METRICS_FILE, run_dir / ".hydra" / "config.yaml"
+    if cfg.get("resume") is None or not metrics.is_file() or not saved.is_file():
+        return None
+    before = yaml.safe_load(saved.read_text()).get("trainer") or {}
+    if any(before.get(k) != cfg.trainer.get(k) for k in ("max_epochs", "max_steps")):
+        return None
+    values = json.loads(metrics.read_text())
+    log.info(
+        "resume=%s: the run had finished (%s epochs; its %s is kept), nothing to continue; "
+        "to train it longer, raise trainer.max_epochs (it was %s)",
+        cfg.resume,
+        values.get("epochs", "all its"),
+        METRICS_FILE,
+        before.get("max_epochs"),
+    )
+    return values
+
+
 def job_error(job_dir: Path) -> str:
     """The one-line error a failed job recorded, or why there is none."""
     path = job_dir / ERROR_FILE
@@ -140,8 +164,10 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
 
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v).replace("|", "\\|")
+    def cell(v):  # counts (active units, epochs) as the integers they are
+        if isinstance(v, float):
+            return str(int(v)) if v.is_integer() else f"{v:.3f}"
+        return str(v).replace("|", "\\|")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table]

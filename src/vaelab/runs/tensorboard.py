@@ -79,7 +79,18 @@ def sortable_texts(values: list[str]) -> dict[str, str]:
     """Each of a sweep's values of one key as text whose alphabetical order is its numeric
     order (TensorBoard lists runs by name): non-negative numbers in plain notation with the
     integer part zero-padded to the widest (``2, 8, 16`` -> ``02, 08, 16``; ``1e-4`` ->
-    ``0.0001``); other values as written."""
+    ``0.0001``); flat lists element by element (``[8,4], [16,8]`` -> ``[08,4], [16,8]``);
+    other values as written."""
+    inner = [v.strip()[1:-1] for v in values if v.strip().startswith("[") and v.endswith("]")]
+    if values and len(inner) == len(values) and not any("[" in i for i in inner):
+        items = [[e.strip() for e in i.split(",")] if i.strip() else [] for i in inner]
+        columns = [
+            sortable_texts([i[k] for i in items if len(i) > k]) for k in range(max(map(len, items)))
+        ]
+        return {
+            v: "[" + ",".join(columns[k][e] for k, e in enumerate(i)) + "]"
+            for v, i in zip(values, items, strict=True)
+        }
     try:
         numbers = [Decimal(v) for v in values]
     except (InvalidOperation, ValueError):

@@ -29,7 +29,7 @@ from vaelab.runs.distributed import (
 from vaelab.runs.linear_path import resolve_onednn_linear
 from vaelab.runs.preflight import refuse_new_run_into
 from vaelab.runs.report import print_summary, write_metrics
-from vaelab.runs.sweep import continue_job
+from vaelab.runs.sweep import continue_job, finished_run
 from vaelab.runs.tensorboard import log_run_hparams
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume_from = checkpoint_to_resume(cfg)
     if resume_from is None:
         refuse_new_run_into(Path(cfg.paths.output_dir), cfg)
+    elif (finished := finished_run(cfg)) is not None:
+        return finished
     with runtime_settings(cfg):
         return fit_and_test(cfg, resume_from)
 

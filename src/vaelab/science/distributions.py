@@ -23,6 +23,9 @@ tests check these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -137,10 +140,55 @@ class StandardNormalPrior:
         return {g: draw_normal((n, d), self.like, generator) for g, d in self.sizes.items()}
 
 
-def closed_form_kl(q, p) -> Latents | None:
-    """KL(q || p) per latent dimension, {group: [B, D_g]} nats, where it has a closed form
-    (a diagonal Gaussian posterior against the standard normal prior); else None (the
-    caller estimates the KL by Monte Carlo). The formula is ``bounds.kl_per_dimension``."""
-    if isinstance(q, GaussianPosterior) and type(p) is StandardNormalPrior:
-        return {q.group: kl_per_dimension(q.gaussian.mu, q.gaussian.logvar)}
+# (posterior type, prior type) -> (fn(q, p) -> KL per group, whether per latent dimension)
+_EXACT_KLS: dict[tuple[type, type], tuple[Callable[[Any, Any], Latents | None], bool]] = {}
+
+
+def register_kl(posterior_type: type, prior_type: type, per_dimension: bool = True):
+    """Decorator that registers ``fn(q, p)`` as the exact KL(q || p) of a posterior of
+    ``posterior_type`` and a prior of ``prior_type`` (or subclasses: the most specific
+    registration wins, as in ``torch.distributions.kl.register_kl``). ``fn`` returns
+    {group: [B, D_g]} nats per latent dimension (``per_dimension``: the per-dimension
+    statistics use it), or {group: [B, 1]} per group (``per_dimension=False``), or None
+    where it does not apply (a Monte Carlo estimate is taken instead). The ELBO uses it
+    in place of the Monte Carlo estimate::
+
+        @register_kl(HouseholderPosterior, StandardNormalPrior)
+        def _(q, p):  # a rotation keeps N(0, I): the base Gaussian's KL
+            return {q.group: kl_per_dimension(q.base.mu, q.base.logvar)}
+    """
+
+    def register(fn: Callable[[Any, Any], Latents | None]):
+        _EXACT_KLS[(posterior_type, prior_type)] = (fn, per_dimension)
+        return fn
+
+    return register
+
+
+def exact_kl(q, p) -> tuple[Latents, bool] | None:
+    """(KL(q || p) by the most specific registration for the types of q and p, whether it is
+    per latent dimension), or None where none is registered or it declines."""
+    for q_type in type(q).__mro__:
+        for p_type in type(p).__mro__:
+            entry = _EXACT_KLS.get((q_type, p_type))
+            if entry is not None:
+                fn, per_dimension = entry
+                value = fn(q, p)
+                return None if value is None else (value, per_dimension)
     return None
+
+
+@register_kl(GaussianPosterior, StandardNormalPrior)
+def _gaussian_against_standard_normal(q: GaussianPosterior, p: StandardNormalPrior) -> Latents:
+    """The closed form of ``bounds.kl_per_dimension``, per latent dimension."""
+    if type(p) is not StandardNormalPrior:  # a subclass may change the density
+        return None
+    return {q.group: kl_per_dimension(q.gaussian.mu, q.gaussian.logvar)}
+
+
+def closed_form_kl(q, p) -> Latents | None:
+    """KL(q || p) per latent dimension, {group: [B, D_g]} nats, where a registration gives it
+    per dimension (``register_kl``; a diagonal Gaussian posterior against the standard normal
+    prior is registered here); else None."""
+    found = exact_kl(q, p)
+    return found[0] if found is not None and found[1] else None

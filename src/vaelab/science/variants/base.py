@@ -14,7 +14,7 @@ the groups are flattened). Latents are dicts of tensors, so a hierarchy is sever
 
 Everything else in vaelab (the objectives, validation, evaluation's ELBO, the NLL, every
 figure, the projector, active units, sample.py) goes through these and the derived methods
-below: ``elbo`` (closed-form KL where ``distributions.closed_form_kl`` knows one, Monte Carlo
+below: ``elbo`` (the exact KL where ``distributions.register_kl`` has one, Monte Carlo
 otherwise, per group), ``log_importance_weights`` (IWAE and the NLL), ``decode`` and ``sample``.
 """
 
@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from vaelab.science.distributions import Latents, closed_form_kl, flatten, total
+from vaelab.science.distributions import Latents, closed_form_kl, exact_kl, flatten, total
 
 
 class ElboParts(NamedTuple):
@@ -111,13 +111,14 @@ class LatentVariableModel(nn.Module):
     ) -> ElboParts:
         """The ELBO's terms for x [B, *input_shape]: one draw z ~ q(z|x) per image (k=None),
         or recon and a Monte Carlo KL averaged over k draws. The KL is in closed form where
-        ``closed_form_kl`` knows one (a ``GaussianPosterior``: its draws' log q is not
-        needed, so ``draw`` skips it), else ``monte_carlo_kl``."""
+        ``exact_kl`` knows one (``distributions.register_kl``: its draws' log q is not
+        needed, so a posterior's ``draw`` skips it), else ``monte_carlo_kl``."""
         q, p = self.posterior(x), self.prior()
-        parts = closed_form_kl(q, p)
-        closed = parts is not None
-        if closed:
-            z = q.draw(k, generator)
+        exact = exact_kl(q, p)
+        closed = exact is not None and exact[1]  # the KL per latent dimension is known
+        if exact is not None:
+            parts = exact[0]
+            z = q.draw(k, generator) if hasattr(q, "draw") else q.rsample(k, generator)[0]
         else:
             z, log_q = q.rsample(k, generator)
             parts = self.monte_carlo_kl(p, z, log_q)

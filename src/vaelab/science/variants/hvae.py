@@ -78,6 +78,11 @@ class HierarchicalPrior:
         return {name: z[name] for name in self.names}
 
 
+def _text(value) -> str:
+    """A list as it is typed on the command line: ``[[200,200],[100,100]]``."""
+    return str(value).replace(" ", "")
+
+
 class HVAE(LatentVariableModel):
     """Stochastic layers of sizes ``latent_dim`` with MLPs of widths ``hidden_dims`` (one list
     per layer) between them; ``architecture`` must be ``mlp``. ``onednn_linear``,
@@ -104,9 +109,14 @@ class HVAE(LatentVariableModel):
         if architecture != "mlp":
             raise VaelabError(f"model.architecture={architecture!r}: model=hvae is an mlp only")
         if len(widths) != len(sizes):
+            # what fits either way: the widths cut or repeated to the layers, or sizes halved
+            fit_widths = [widths[min(i, len(widths) - 1)] for i in range(len(sizes))]
+            fit_sizes = [max(sizes[0] // 2**i, 1) for i in range(len(widths))]
             raise VaelabError(
-                f"model.hidden_dims={[list(w) for w in widths]} must hold one list of widths "
-                f"per stochastic layer of model.latent_dim={sizes}, e.g. [[200,200],[100,100]]"
+                f"model.latent_dim={_text(sizes)} has {len(sizes)} stochastic layer(s) but "
+                f"model.hidden_dims={_text(widths)} has widths for {len(widths)}: give one "
+                f"list of widths per layer (e.g. model.hidden_dims={_text(fit_widths)}) or "
+                f"one size per list (e.g. model.latent_dim={_text(fit_sizes)})"
             )
         self.input_shape = tuple(input_shape)
         self.likelihood = get_likelihood(likelihood)
