@@ -146,3 +146,21 @@ def test_eval_takes_the_binarization_of_the_checkpoint(grey_root, tmp_path):
     grey = quick_eval(ckpt, grey_root, tmp_path / "b", "data.binarize=none")
     assert grey["data"]["binarize"] == "none"
     assert not grey["data_binary"] and not grey["nll_normalized"]
+
+
+def test_the_final_table_gives_a_hierarchys_active_units_per_layer():
+    from rich.console import Console
+
+    from vaelab.runs.report import summary_table
+
+    metrics = {"val/active_units_last": 5, "test/active_units/z1": 4, "test/active_units/z2": 1}
+    console = Console(width=80, record=True)
+    console.print(summary_table(metrics))
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if "active units" in line]
+    assert [r.split("│")[1].strip() for r in rows] == [
+        "active units (val)",
+        "active units of z1 (test)",
+        "active units of z2 (test)",
+    ]
+    assert [r.split("│")[2].strip() for r in rows] == ["5", "4", "1"]

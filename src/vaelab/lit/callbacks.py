@@ -150,8 +150,7 @@ class VAEFigures(L.Callback):
         return {k: v.to(pl_module.device) for k, v in self._fixed.items()}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        self._val_means: list[torch.Tensor] = []
-        self._val_labels: list[torch.Tensor] = []
+        self._val_means, self._val_labels = [], []
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
@@ -171,9 +170,8 @@ class VAEFigures(L.Callback):
     def _latent_points(self, trainer: L.Trainer, net) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior means [N, latent_dim] and digits [N] of the first
         ``max_latent_points`` validation images: those this validation kept, else encoded."""
-        kept = getattr(self, "_val_means", None)
-        if kept:
-            return torch.cat(kept), torch.cat(self._val_labels)
+        if self._val_means:
+            return torch.cat(self._val_means), torch.cat(self._val_labels)
         return encode_dataset(net, _val_loader(trainer), self.max_latent_points)
 
     @torch.no_grad()
@@ -311,10 +309,7 @@ class VAEFigures(L.Callback):
             if self._logged_epoch != epoch and epoch > 0:  # stopped early: the final figures too
                 self._log_figures(trainer, pl_module, out, epoch)
         except Exception as err:  # noqa: BLE001 - a figure is never worth the run
-            log.warning(
-                "The final figures were not drawn (%s)",
-                _first_line(err),
-            )
+            log.warning("The final figures were not drawn (%s)", _first_line(err))
         self._write_pngs(pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
@@ -343,10 +338,7 @@ class VAEFigures(L.Callback):
         except StorageError:
             raise
         except Exception as err:  # noqa: BLE001 - a figure is never worth the run
-            log.warning(
-                "The figures' PNGs were not written (%s)",
-                _first_line(err),
-            )
+            log.warning("The figures' PNGs were not written (%s)", _first_line(err))
 
 
 class ProgressBar(TQDMProgressBar):

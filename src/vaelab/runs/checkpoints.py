@@ -95,7 +95,7 @@ def _defaults(target: str) -> dict[str, Any]:
     return out
 
 
-def _net_shapes(net_args: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+def net_shapes(net_args: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The parameter and buffer shapes of the network that ``net_args`` (``net`` and its
     arguments) builds, built on the meta device (no memory, no initialisation cost)."""
     args = dict(net_args)
@@ -142,7 +142,7 @@ def check_architecture(
     shapes = []
     for name in (k for k in differ if k not in MODULE_ARGUMENTS):
         try:
-            if _net_shapes({**saved_net, name: differ[name][0]}) != weights:
+            if net_shapes({**saved_net, name: differ[name][0]}) != weights:
                 shapes.append(name)
         except (VaelabError, TypeError, ValueError):
             shapes.append(name)  # the checkpoint's network cannot take this value at all

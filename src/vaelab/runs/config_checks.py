@@ -309,25 +309,22 @@ def network_problems(cfg: DictConfig) -> list[str]:
     that do not fit ``model.latent_dim``, ...), found by building it on the meta device (no
     memory, no initialisation) before the run seeds, loads data or builds anything else.
     Any other failure is left to the build, which reports it as before."""
-    from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net
+    from vaelab.runs.checkpoints import MODULE_ARGUMENTS, net_shapes
 
     model = cfg.get("model")
     if not isinstance(model, DictConfig) or not str(model.get("_target_", "")).endswith(
         "VAELitModule"
     ):
         return []
-    module_arguments = set(inspect.signature(VAELitModule.__init__).parameters) - {"net"}
     args = {
         k: v
         for k, v in OmegaConf.to_container(model, resolve=True).items()
-        if not k.startswith("_") and k not in module_arguments
+        if not k.startswith("_") and k not in MODULE_ARGUMENTS
     }
-    target = args.pop("net", DEFAULT_NET)
     if "onednn_linear" in args:
         args["onednn_linear"] = False  # the shapes do not depend on it; auto would time kernels
     try:
-        with torch.device("meta"):
-            build_net(target, args)
+        net_shapes(args)
     except VaelabError as err:
         return [str(err)]
     except Exception:  # noqa: BLE001 - reported by the build itself
