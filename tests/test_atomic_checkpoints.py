@@ -16,7 +16,11 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from vaelab.errors import StorageError
-from vaelab.lit.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
+from vaelab.lit.checkpoint_io import (
+    AtomicCheckpointIO,
+    BackgroundCheckpointIO,
+    remove_stale_temporaries,
+)
 from vaelab.lit.loggers import SummaryWriter
 
 
@@ -56,7 +60,50 @@ def test_resuming_removes_the_temporary_files_of_killed_writers_only(tmp_path):
 def test_the_trainer_writes_checkpoints_atomically_by_default(tmp_path):
     cfg = compose_train([], tmp_path)
     trainer = instantiate(cfg.trainer, logger=False)
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    io = trainer.strategy.checkpoint_io
+    assert isinstance(io, BackgroundCheckpointIO)
+    assert isinstance(io.checkpoint_io, AtomicCheckpointIO)
+
+
+class GatedCheckpointIO(AtomicCheckpointIO):
+    """Writes only once ``gate`` is set: a disk that is slow until the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        assert self.gate.wait(30)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+def test_background_writes_copy_the_state_and_remove_only_after_the_write(tmp_path):
+    inner = GatedCheckpointIO()
+    io = BackgroundCheckpointIO(inner)
+    old, new = tmp_path / "epoch_000.ckpt", tmp_path / "epoch_001.ckpt"
+    old.write_bytes(b"the best checkpoint so far")
+    weights = torch.ones(4)
+    io.save_checkpoint({"w": weights}, new)  # returns at once: the gate is closed
+    weights.zero_()  # training goes on: the checkpoint holds the weights as they were
+    io.remove_checkpoint(old)  # ModelCheckpoint dropping the worse one
+    assert old.exists() and not new.exists()  # queued behind the write
+    inner.gate.set()
+    io.teardown()  # the Trainer's wait at the end of a stage
+    assert not old.exists()
+    assert torch.equal(torch.load(new, weights_only=True)["w"], torch.ones(4))
+
+
+def test_a_background_write_that_fails_raises_its_one_line_at_the_wait(tmp_path, monkeypatch):
+    io, path = BackgroundCheckpointIO(), tmp_path / "last.ckpt"
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    io.save_checkpoint({"w": torch.zeros(1000)}, path)
+    with pytest.raises(StorageError, match="no space left on the device"):
+        io.teardown()
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
 
 
 @pytest.mark.slow

@@ -84,7 +84,9 @@ def test_kill_9_at_random_moments_then_resume_ends_like_an_uninterrupted_run(
         "callbacks.figures=null",
         "callbacks.progress_bar.refresh_rate=0",
         "test=false",
-        f"trainer.plugins=[{{_target_:slow_checkpoint_io.SlowCheckpointIO,delay:{DELAY}}}]",
+        # the default's background writer around a write slow enough to be killed in
+        "trainer.plugins=[{_target_:vaelab.lit.checkpoint_io.BackgroundCheckpointIO,"
+        f"checkpoint_io:{{_target_:slow_checkpoint_io.SlowCheckpointIO,delay:{DELAY}}}}}]",
         f"hydra.run.dir={run_dir}",
     ]
     command = args

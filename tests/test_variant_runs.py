@@ -107,9 +107,11 @@ def test_each_variant_trains_evaluates_and_samples(variant_run, synthetic_root, 
     assert first["test/loss"] == pytest.approx(first["test/recon"] + first["test/kl"])
     second = quick_eval(ckpt, synthetic_root, tmp_path / "b")  # every draw seeded: the same
     assert numbers(second) == numbers(first)
+    # a hierarchy: a unit of its top layer traversed, its top layer interpolated
+    upper = [f"traversal.dim={sizes['z1']}", "interpolation.layer=z2"] if len(sizes) > 1 else []
     result = run_script(
         "sample.py",
-        [f"ckpt_path={ckpt}", *data_args(synthetic_root, tmp_path), "num_samples=9"],
+        [f"ckpt_path={ckpt}", *data_args(synthetic_root, tmp_path), "num_samples=9", *upper],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = only_dir(tmp_path / "sample" / "runs")

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import threading
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
+from vaelab.errors import writing
 
-from vaelab.errors import writing  # noqa: E402
+# Figures are built without pyplot (no global figure list, no window, nothing to close), and
+# one at a time: matplotlib's fonts are shared by every figure and it is not thread-safe,
+# while the training callbacks draw the end of fit's PNGs in a worker thread.
+# Hold DRAWING around any other drawing of a figure (e.g. SummaryWriter.add_figure).
+DRAWING = threading.RLock()
+
+
+def _drawing(function):
+    """``function``, holding ``DRAWING`` while it runs."""
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        with DRAWING:
+            return function(*args, **kwargs)
+
+    return locked
+
+
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **subplots):
+    """(figure with an Agg canvas, its axes): ``pyplot.subplots`` without pyplot's state."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **subplots)
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
@@ -34,10 +57,11 @@ def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.T
     return torch.nn.functional.pad(grid, (padding, 0, padding, 0), value=1.0)
 
 
+@_drawing
 def grid_figure(grid: torch.Tensor, title: str) -> Figure:
     """A titled figure of one grid from ``image_grid``."""
     _, height, width = grid.shape
-    fig, ax = plt.subplots(figsize=(max(4, width / 40), max(2, height / 40) + 0.5))
+    fig, ax = new_figure((max(4, width / 40), max(2, height / 40) + 0.5))
     ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title)
     ax.axis("off")
@@ -45,9 +69,10 @@ def grid_figure(grid: torch.Tensor, title: str) -> Figure:
     return fig
 
 
+@_drawing
 def latent_space_figure(points: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
     """Scatter of 2-d latent points [N, 2] coloured by digit label [N]."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = new_figure((6, 5))
     scatter = ax.scatter(
         points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5
     )
@@ -80,6 +105,7 @@ class LatentSpacePlot:
         """[C, H, W] of the images ``png`` encodes (after its first call)."""
         return (3, *self._frame.shape) if self._frame is not None else (3, 0, 0)
 
+    @_drawing
     def _draw_frame(self) -> None:
         fig = latent_space_figure(torch.zeros(0, 2), torch.zeros(0), self.title)
         ax = fig.axes[0]
@@ -105,7 +131,6 @@ class LatentSpacePlot:
             int(box.x0) + inset,
             int(box.x1) - inset,
         )
-        plt.close(fig)
 
     def png(self, points: torch.Tensor, labels: torch.Tensor) -> bytes:
         """``points`` [N, 2] coloured by digit ``labels`` [N], later points over earlier
@@ -144,10 +169,11 @@ def encode_png(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+@_drawing
 def training_curves_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     """loss, recon and kl (nats per image) against epoch, train and val, from per-epoch dicts
     with keys like ``train/loss`` and ``epoch``."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = new_figure((13, 3.8), 1, 3)
     for ax, term in zip(axes, ("loss", "recon", "kl"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             pts = [(h["epoch"], h[f"{split}/{term}"]) for h in history if f"{split}/{term}" in h]
@@ -164,15 +190,13 @@ def training_curves_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     return fig
 
 
+@_drawing
 def save_figure(fig: Figure, path) -> None:
     """Write ``fig`` as a PNG at ``path`` and close it; a full disk or an unwritable folder is
     a one-line ``StorageError``."""
-    try:
-        with writing(path, "a figure"):
-            # zlib level 1, not 6: quicker to encode, files about 10 % larger
-            fig.savefig(path, dpi=120, bbox_inches="tight", pil_kwargs={"compress_level": 1})
-    finally:
-        plt.close(fig)
+    with writing(path, "a figure"):
+        # zlib level 1, not 6: quicker to encode, files about 10 % larger
+        fig.savefig(path, dpi=120, bbox_inches="tight", pil_kwargs={"compress_level": 1})
 
 
 def _as_number(value):
@@ -182,13 +206,14 @@ def _as_number(value):
         return None
 
 
+@_drawing
 def sweep_figure(rows: Sequence[Mapping], params: Sequence[str], metrics: Sequence[str]) -> Figure:
     """One panel per (swept parameter, metric): the final metric of each job against the
     parameter's value (a line for numbers, bars for names). ``rows`` as from
     ``vaelab.runs.sweep.collect_jobs``."""
     params = list(params) or ["job"]
-    fig, axes = plt.subplots(
-        len(params), len(metrics), squeeze=False, figsize=(4.2 * len(metrics), 3.3 * len(params))
+    fig, axes = new_figure(
+        (4.2 * len(metrics), 3.3 * len(params)), len(params), len(metrics), squeeze=False
     )
     for i, param in enumerate(params):
         for j, metric in enumerate(metrics):
@@ -214,6 +239,7 @@ def sweep_figure(rows: Sequence[Mapping], params: Sequence[str], metrics: Sequen
     return fig
 
 
+@_drawing
 def bar_figure(
     values: Sequence[float],
     labels: Sequence[str],
@@ -221,9 +247,12 @@ def bar_figure(
     xlabel: str,
     ylabel: str,
     threshold: float | None = None,
+    groups: Mapping[str, int] | None = None,
 ) -> Figure:
-    """Bars of ``values`` named by ``labels``, with an optional dashed horizontal line."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(values) + 2), 3.6))
+    """Bars of ``values`` named by ``labels``, with an optional dashed horizontal line; with
+    ``groups`` (name: number of bars, in order, e.g. a hierarchy's layers) a vertical line
+    between groups and each group's name above its bars."""
+    fig, ax = new_figure((max(5, 0.28 * len(values) + 2), 3.6))
     positions = range(len(values))
     ax.bar(positions, [float(v) for v in values], color="tab:blue")
     ax.set_xticks(positions, [str(label) for label in labels])
@@ -234,6 +263,16 @@ def bar_figure(
     ax.set_ylabel(ylabel)
     if len(values) > 16:
         ax.tick_params(axis="x", labelsize=7, rotation=90)
+    if groups is not None and len(groups) > 1:
+        start = 0
+        for name, size in groups.items():
+            if start:
+                ax.axvline(start - 0.5, color="black", linewidth=1)
+            ax.text(
+                start - 0.5 + size / 2, 1.0, name, transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=9,
+            )  # fmt: skip
+            start += size
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

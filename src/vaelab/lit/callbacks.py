@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +25,7 @@ from vaelab.evaluation.metrics import (
     NegativeLogLikelihood,
 )
 from vaelab.evaluation.plotting import (
+    DRAWING,
     LatentSpacePlot,
     bar_figure,
     encode_png,
@@ -34,7 +37,7 @@ from vaelab.evaluation.plotting import (
 )
 from vaelab.science.bounds import ElboTerms
 from vaelab.science.distributions import flatten, unflatten
-from vaelab.science.latent import encode_dataset, interpolate, project_2d
+from vaelab.science.latent import describe_groups, encode_dataset, interpolate, project_2d
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,33 @@ def add_png(writers, tag: str, png: bytes, shape, step: int) -> None:
     )
     for writer in writers:
         writer._get_file_writer().add_summary(summary, step)  # (add_image's own path)
+
+
+# The end of fit's PNGs are drawn by one worker thread while the run goes on (to its test
+# stage): matplotlib takes about 2 s a run to draw them (docs/speed.md). A plain executor,
+# not Lightning's: no Lightning hook runs after fit and before the test stage.
+_WORKER: ThreadPoolExecutor | None = None
+_PENDING: list[Future] = []
+
+
+def write_later(job: Callable[..., None], *args) -> None:
+    """Run ``job(*args)`` (it writes files: no Trainer, no module, no logger) in the output
+    worker, after the jobs handed over before it. ``wait_for_outputs`` joins them; the
+    interpreter also waits for them before it exits."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaelab-outputs")
+    _PENDING.append(_WORKER.submit(job, *args))
+
+
+def wait_for_outputs() -> None:
+    """Block until every job of ``write_later`` has finished; raise the first one's error
+    (e.g. the one-line ``StorageError`` of a full disk)."""
+    pending, _PENDING[:] = list(_PENDING), []
+    errors = [f.exception() for f in pending]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 class VAEFigures(L.Callback):
@@ -196,12 +226,11 @@ class VAEFigures(L.Callback):
         }
 
     def _latent_title(self, pl_module: L.LightningModule, epoch: int | None) -> str:
-        how = "latent dims 0-1" if pl_module.net.latent_dim <= 2 else "PCA of q's means"
+        net = pl_module.net
+        how = "latent dims 0-1" if net.latent_dim <= 2 else "PCA of q's means"
+        if len(net.latent_sizes) > 1:  # a hierarchy: its layers side by side
+            how += ": " + describe_groups(net.latent_sizes)
         return f"Latent space ({how})" + ("" if epoch is None else f", epoch {epoch}")
-
-    def _latent_figure(self, out: dict, pl_module: L.LightningModule, epoch: int):
-        title = self._latent_title(pl_module, epoch)
-        return latent_space_figure(out["latent_points"], out["latent_labels"], title)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -310,20 +339,30 @@ class VAEFigures(L.Callback):
                 self._log_figures(trainer, pl_module, out, epoch)
         except Exception as err:  # noqa: BLE001 - a figure is never worth the run
             log.warning("The final figures were not drawn (%s)", _first_line(err))
-        self._write_pngs(pl_module)
+        self._write_pngs(pl_module, later=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        """Interrupted (SIGTERM, Ctrl-C) or failed: the PNGs of the last epoch drawn."""
+        """Interrupted (SIGTERM, Ctrl-C) or failed: the PNGs of the last epoch drawn, before
+        the process goes on to exit."""
         if trainer.is_global_zero:
             self._write_pngs(pl_module)
 
-    def _write_pngs(self, pl_module: L.LightningModule) -> None:
-        """The last render as PNGs in ``figure_dir``; a failure to draw is one warning line
-        (a full disk is still the one-line ``StorageError``)."""
+    def _write_pngs(self, pl_module: L.LightningModule, later: bool = False) -> None:
+        """The last render as PNGs in ``figure_dir``, now or (``later``) in the output worker
+        (``write_later``)."""
         if self.figure_dir is None or self._last_render is None:
             return
         _, epoch, out = self._last_render
         self._last_render = None
+        title = self._latent_title(pl_module, epoch)
+        if later:
+            write_later(self._save_pngs, out, title)
+        else:
+            self._save_pngs(out, title)
+
+    def _save_pngs(self, out: dict, latent_title: str) -> None:
+        """The PNGs of one render; a failure to draw is one warning line (a full disk is
+        still the one-line ``StorageError``)."""
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         titles = {
             "reconstructions": "Originals (top) and reconstructions (bottom)",
@@ -333,8 +372,8 @@ class VAEFigures(L.Callback):
         try:
             for name, title in titles.items():
                 save_figure(grid_figure(out[name], title), self.figure_dir / f"{name}.png")
-            path = self.figure_dir / "latent_space.png"
-            save_figure(self._latent_figure(out, pl_module, epoch), path)
+            figure = latent_space_figure(out["latent_points"], out["latent_labels"], latent_title)
+            save_figure(figure, self.figure_dir / "latent_space.png")
         except StorageError:
             raise
         except Exception as err:  # noqa: BLE001 - a figure is never worth the run
@@ -393,8 +432,11 @@ class TrainingCurves(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.figure_dir is None or not trainer.is_global_zero or not self.history:
             return
+        write_later(self._save_curves, [dict(row) for row in self.history])
+
+    def _save_curves(self, history: list[dict[str, float]]) -> None:
         self.figure_dir.mkdir(parents=True, exist_ok=True)
-        save_figure(training_curves_figure(self.history), self.figure_dir / "training_curves.png")
+        save_figure(training_curves_figure(history), self.figure_dir / "training_curves.png")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
@@ -581,5 +623,6 @@ class EvaluationMetrics(L.Callback):
                 "latent dimension",
                 "KL (nats per image)",
             )
-            for writer in _tensorboards(trainer):
-                writer.add_figure("test/kl_per_dim", fig, global_step=trainer.global_step)
+            with DRAWING:  # (add_figure draws it)
+                for writer in _tensorboards(trainer):
+                    writer.add_figure("test/kl_per_dim", fig, global_step=trainer.global_step)

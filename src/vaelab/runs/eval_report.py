@@ -14,11 +14,20 @@ from rich.table import Table
 from vaelab.evaluation.plotting import bar_figure, grid_figure, image_grid, save_figure
 
 
-def make_figures(metrics: dict, samples: torch.Tensor | None) -> dict[str, Figure]:
+def make_figures(
+    metrics: dict, samples: torch.Tensor | None, latent_sizes: dict[str, int] | None = None
+) -> dict[str, Figure]:
     """The evaluation's figures by name: KL per latent dimension, variance of the posterior
     means per unit, reconstruction loss per digit, and (with samples) a sample grid and the
-    classifier's class histogram of the samples."""
+    classifier's class histogram of the samples. With ``latent_sizes`` of several groups (a
+    hierarchy's layers) the per-dimension bars are marked by layer."""
     variances = metrics["test/active_unit_variance"]
+    per_group = metrics.get("test/active_units_per_group") or {}
+    layers = ""
+    if latent_sizes and len(latent_sizes) > 1 and per_group:
+        layers = "; " + ", ".join(
+            f"{g} {per_group[g]} of {size}" for g, size in latent_sizes.items() if g in per_group
+        )
     recon = metrics["test/recon_per_class"]
     figures = {}
     if "test/kl_per_dim" in metrics:  # absent when the prior does not factorize
@@ -29,16 +38,18 @@ def make_figures(metrics: dict, samples: torch.Tensor | None) -> dict[str, Figur
             "KL per latent dimension (test mean)",
             "latent dimension",
             "KL (nats per image)",
+            groups=latent_sizes,
         )
     figures |= {
         "active_units": bar_figure(
             variances,
             range(len(variances)),
-            f"Active units: {metrics['test/active_units']} of {len(variances)} "
+            f"Active units: {metrics['test/active_units']} of {len(variances)}{layers} "
             f"(Var_x E[z|x] > {metrics['active_unit_threshold']})",
             "latent dimension",
             "variance of the posterior mean",
             threshold=metrics["active_unit_threshold"],
+            groups=latent_sizes,
         ),
         "recon_per_class": bar_figure(
             recon,

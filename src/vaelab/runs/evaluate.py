@@ -229,7 +229,7 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics.update({f"seconds/{k}": round(v, 2) for k, v in seconds.items()})
 
     write_metrics(metrics, out_dir / "metrics.json")
-    figures = make_figures(metrics, samples)
+    figures = make_figures(metrics, samples, dict(model.net.latent_sizes))
     write_tensorboard(metrics, figures, samples, out_dir / "tensorboard")
     write_figures(figures, out_dir / "figures")
     print_table(metrics)

@@ -14,7 +14,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation.plotting import grid_figure, image_grid, save_figure
 from vaelab.runs.evaluate import load_data, load_model, resolve_device
 from vaelab.science.distributions import flatten, unflatten
-from vaelab.science.latent import interpolate
+from vaelab.science.latent import interpolate, latent_group
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,28 @@ def _check_indices(indices, n: int, name: str) -> list[int]:
 
 def traversal_grid(net, base_mu: torch.Tensor, dim: int, span: float, steps: int):
     """Decoded z that equal each base point [R, D] (all latent groups side by side) but for
-    dimension ``dim``, which runs from -span to +span in ``steps``: images
-    [R * steps, *image], row by row."""
+    dimension ``dim``, which runs from -span to +span in ``steps``, and for the groups the
+    generative path computes from its group (a hierarchy's lower layers: at their
+    conditional means, ``fill_below``): images [R * steps, *image], row by row."""
     values = torch.linspace(-span, span, steps, device=base_mu.device)
     z = base_mu.unsqueeze(1).repeat(1, steps, 1)
     z[:, :, dim] = values
-    return net.decode(unflatten(z.flatten(0, 1), net.latent_sizes))
+    group, _ = latent_group(net.latent_sizes, dim)
+    return net.decode(net.fill_below(unflatten(z.flatten(0, 1), net.latent_sizes), group))
+
+
+def _below(net, group: str) -> list[str]:
+    """The latent groups before ``group`` (a hierarchy's layers below it)."""
+    names = list(net.latent_sizes)
+    return names[: names.index(group)]
+
+
+def interpolation_path(net, mu: torch.Tensor, steps: int, layer: str | None) -> torch.Tensor:
+    """Images [steps, *image] along the straight line between two posterior means mu [2, D]:
+    every group interpolated (``layer`` None), or with the groups below ``layer`` at their
+    conditional means given it (``fill_below``)."""
+    z = unflatten(interpolate(mu[0], mu[1], steps), net.latent_sizes)
+    return net.decode(z if layer is None else net.fill_below(z, layer))
 
 
 @torch.inference_mode()
@@ -60,11 +76,20 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
     x, y = test[torch.tensor([a, b])]
     mu = flatten(net.posterior(x.to(device)).mean)
     steps = int(cfg.interpolation.steps)
-    path = net.decode(unflatten(interpolate(mu[0], mu[1], steps), net.latent_sizes))
+    layer = cfg.interpolation.get("layer")
+    if layer is not None and layer not in net.latent_sizes:
+        raise VaelabError(
+            f"interpolation.layer={layer} is not a latent group of this model; give one of "
+            f"{', '.join(net.latent_sizes)}, or null for all of them"
+        )
+    path = interpolation_path(net, mu, steps, layer)
     row = torch.cat([x[:1].to(device), path, x[1:].to(device)])
     title = (
         f"Test images {a} (digit {int(y[0])}) and {b} (digit {int(y[1])}): originals at the ends"
     )
+    if layer is not None and _below(net, layer):
+        below = ", ".join(_below(net, layer))
+        title += f"\n{layer} interpolated; {below} at the conditional means given it"
     save_figure(grid_figure(image_grid(row, nrow=len(row)), title), paths["interpolation"])
 
     rows = _check_indices(cfg.traversal.indices, len(test), "traversal.indices")
@@ -82,6 +107,14 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
     steps, span = int(cfg.traversal.steps), float(cfg.traversal.range)
     images = traversal_grid(net, base, int(dim), span, steps)
     title = f"Latent dimension {dim} from {-span:g} to {span:g}, one test image per row"
+    if len(net.latent_sizes) > 1:  # which layer, and what the layers below it do
+        group, index = latent_group(net.latent_sizes, int(dim))
+        title = f"Latent dimension {dim} ({group} unit {index}) from {-span:g} to {span:g}"
+        below = _below(net, group)
+        fixed = (
+            f"{', '.join(below)} at the conditional means given {group}" if below else ""
+        ) or "the other layers at the posterior means"
+        title += f", one test image per row\n{fixed}"
     save_figure(grid_figure(image_grid(images, nrow=steps), title), paths["traversal"])
     for name, p in paths.items():
         log.info("Wrote %s: %s", name, p)

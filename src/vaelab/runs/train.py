@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import DistributedRunError, TrainingInterrupted
+from vaelab.lit.callbacks import wait_for_outputs
 from vaelab.lit.fault_tolerance import FitTime, SaveOnInterrupt, signal_name
 from vaelab.runs.checkpoints import checkpoint_to_resume
 from vaelab.runs.cli import quiet_known_messages, vaelab_cause
@@ -197,6 +198,7 @@ def fit_and_test(cfg: DictConfig, resume_from: Path | None) -> dict[str, float]:
         )
         for callback in trainer.callbacks:  # per-dimension lists, e.g. from EvaluationMetrics
             metrics.update(getattr(callback, "test_metrics", {}))
+    wait_for_outputs()  # the end of fit's PNGs, drawn while the test stage ran
     best_score = checkpoint.best_model_score if isinstance(checkpoint, ModelCheckpoint) else None
     metrics["val/loss"] = (
         float(best_score) if best_score is not None else fit_metrics.get("val/loss", math.nan)

@@ -42,3 +42,26 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
     """Linear path from z0 to z1 (each [D]) in ``steps`` points, endpoints included: [steps, D]."""
     t = torch.linspace(0, 1, steps, device=z0.device, dtype=z0.dtype).unsqueeze(1)
     return (1 - t) * z0 + t * z1
+
+
+def latent_group(sizes: dict[str, int], dim: int) -> tuple[str, int]:
+    """(group, index within it) of dimension ``dim`` of the flattened latent vector, whose
+    groups of ``sizes`` lie side by side in order."""
+    start = 0
+    for group, size in sizes.items():
+        if dim < start + size:
+            return group, dim - start
+        start += size
+    raise IndexError(f"latent dimension {dim} is beyond the {start} of {sizes}")
+
+
+def describe_groups(sizes: dict[str, int]) -> str:
+    """How the flattened latent vector is made up, for figure titles: ``z1 (dims 0-99),
+    z2 (dims 100-149)``; empty for one group."""
+    if len(sizes) < 2:
+        return ""
+    parts, start = [], 0
+    for group, size in sizes.items():
+        parts.append(f"{group} (dims {start}-{start + size - 1})")
+        start += size
+    return ", ".join(parts)

@@ -79,6 +79,13 @@ class LatentVariableModel(nn.Module):
         """A parameter: the device and dtype that new tensors of the model take."""
         return next(self.parameters())
 
+    def fill_below(self, z: Latents, group: str) -> Latents:
+        """``z`` with each latent group that the generative path computes from ``group``
+        replaced by its conditional prior mean given the group above it: how a change of
+        ``group`` reaches the image. Here the groups decode side by side, so ``z`` is
+        returned as it is; a hierarchy (``hvae.HVAE``) overrides it."""
+        return z
+
     def decode(self, z: Latents) -> Tensor:
         """z groups [N, D_g] -> what the figures show (pixel means in [0, 1]), [N, *image]."""
         return self.likelihood.mean(self.decode_logits(z))

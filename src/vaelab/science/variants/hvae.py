@@ -11,7 +11,10 @@ q(z_l | .), mirrored for p(z_{l-1} | z_l) and p(x | z_1), with ``activation`` (t
 paper). The latent groups are z1, ..., zL. The KL has no closed form (the prior of z_1 depends
 on z_2): the seam estimates it by Monte Carlo, per group (log q(z_l|.) - log p(z_l|.)), and
 there is no KL per latent dimension. The point summary of q for the figures and statistics
-passes each layer's mean to the next (the means themselves have no closed form).
+passes each layer's mean to the next (the means themselves have no closed form). A figure
+that varies an upper layer (``sample.py``'s traversal and ``interpolation.layer``) takes
+each layer below it at the mean of p(z_{l-1} | z_l) (``fill_below``), so the change reaches
+the image.
 
     python train.py model=hvae model.latent_dim=[100,50] model.hidden_dims=[[200,200],[100,100]]
 """
@@ -153,3 +156,12 @@ class HVAE(LatentVariableModel):
 
     def decode_logits(self, z: Latents) -> Tensor:
         return self.to_pixels(z[self.names[0]]).view(-1, *self.input_shape)
+
+    def fill_below(self, z: Latents, group: str) -> Latents:
+        """z_{l-1}, ..., z_1 below ``group`` = z_l, each the mean of p(z_{l-1} | z_l) given
+        the one above it (the image decodes z_1 only)."""
+        z = dict(z)
+        for level in range(self.names.index(group), 0, -1):
+            above, below = self.names[level], self.names[level - 1]
+            z[below] = self.decoders[level - 1](z[above]).chunk(2, dim=-1)[0]
+        return z
