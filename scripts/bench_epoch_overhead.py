@@ -42,6 +42,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import vaelab.runs  # noqa: F401  (registers the configs' resolvers)
+from vaelab.lit.callbacks import wait_for_outputs
 from vaelab.runs.train import build, runtime_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,7 @@ def run_variant(data_root: str, epochs: int, overrides: list[str]) -> dict:
             start = time.perf_counter()
             trainer.fit(model, datamodule=datamodule)
             fit = time.perf_counter() - start
+            wait_for_outputs()  # the end of fit's PNGs, before their folder is removed
     train = sum(timer.seconds)
     return {"fit": fit, "train": train, "other": fit - train, "epochs": len(timer.seconds)}
 
@@ -159,6 +161,9 @@ def profile(args) -> dict:
             start = time.perf_counter()
             trainer.fit(model, datamodule=datamodule)
             fit = time.perf_counter() - start
+            start = time.perf_counter()
+            wait_for_outputs()  # what the output worker had left when fit returned
+            outputs = time.perf_counter() - start
         durations = trainer.profiler.recorded_durations
     groups: dict[str, float] = defaultdict(float)
     for action, seconds in durations.items():
@@ -186,7 +191,16 @@ def profile(args) -> dict:
     for name, total in sorted(groups.items(), key=lambda kv: -kv[1]):
         if total / epochs >= 0.0005:
             print(f"{name[:52]:52}{total / epochs:9.3f}{100 * total / train:14.2f}%")
-    return {"profile": dict(groups), "profile_fit_seconds": fit, "profile_epochs": epochs}
+    print(
+        f"after fit: {outputs:.2f} s until the output worker had drawn the end of fit's PNGs "
+        "(it overlaps the test stage in train.py)"
+    )
+    return {
+        "profile": dict(groups),
+        "profile_fit_seconds": fit,
+        "profile_epochs": epochs,
+        "outputs_after_fit_seconds": outputs,
+    }
 
 
 def main() -> None:

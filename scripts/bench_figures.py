@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import vaelab.runs  # noqa: F401  (registers the configs' resolvers)
-from vaelab.lit.callbacks import EpochThroughput, VAEFigures
+from vaelab.lit.callbacks import EpochThroughput, VAEFigures, wait_for_outputs
 from vaelab.runs.train import build, runtime_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,7 @@ def main() -> None:
             seconds: dict[int, float] = defaultdict(float)
             timed(figures, seconds, trainer)
             trainer.fit(model, datamodule=datamodule)
+            wait_for_outputs()  # the end of fit's PNGs, before their folder is removed
     later = [seconds[e] for e in sorted(seconds)][1:] or list(seconds.values())
     figure_seconds = statistics.median(later)
     epoch_seconds = statistics.median(r[2] for r in timer.records)

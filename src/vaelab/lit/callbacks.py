@@ -270,9 +270,12 @@ class VAEFigures(L.Callback):
         add_png(writers, "val/latent_space", png, plot.shape, step)
 
     @torch.no_grad()
-    def write_projector(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int):
+    def write_projector(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int, later: bool = False
+    ):
         """The posterior means of the first ``projector_points`` validation images, their
-        digits and their images, to each TensorBoard's projector, after ``epochs`` epochs."""
+        digits and their images, to each TensorBoard's projector, after ``epochs`` epochs
+        (``later``: its files written by the output worker, ``write_later``)."""
         loader, writers = _val_loader(trainer), _tensorboards(trainer)
         if not self.projector_points or loader is None or not writers:
             return
@@ -292,11 +295,12 @@ class VAEFigures(L.Callback):
         )
         pl_module.train(was_training)
         mu = torch.nn.functional.pad(mu.float(), (0, max(0, 3 - mu.shape[1])))
+        arguments = {"metadata": y.tolist(), "label_img": x.float(), "global_step": epochs}
         for writer in writers:
-            writer.add_embedding(
-                mu, metadata=y.tolist(), label_img=x.float(), global_step=epochs,
-                tag="val/posterior_means",
-            )  # fmt: skip
+            if later and hasattr(writer, "embedding_job"):  # vaelab's SummaryWriter
+                write_later(writer.embedding_job(mu, tag="val/posterior_means", **arguments))
+            else:
+                writer.add_embedding(mu, tag="val/posterior_means", **arguments)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The epoch's latent statistics per dimension, one histogram each (not a scalar per
@@ -322,7 +326,7 @@ class VAEFigures(L.Callback):
             return  # (None: a resumed run that had no epoch left to train)
         every = self.projector_every_n_epochs
         if not (every > 0 and trainer.current_epoch % every == 0):  # not written just now
-            self.write_projector(trainer, pl_module, trainer.current_epoch)
+            self.write_projector(trainer, pl_module, trainer.current_epoch, later=True)
         epoch = trainer.current_epoch
         if self.figure_dir is None and self._logged_epoch == epoch:
             return
