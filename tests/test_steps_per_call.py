@@ -109,14 +109,47 @@ def test_logged_steps_are_optimizer_steps(synthetic_root, tmp_path):
             steps,
             "trainer.log_every_n_steps=2",
             "logger=csv",
+            "model.kl_schedule=linear",  # beta is logged when it varies
         )
         rows = logged(log_dir)
         runs[steps] = {
             key: [(r["step"], r[key]) for r in rows if r.get(key)]
             for key in ("train_step/loss", "train_step/beta", "train/loss", "val/loss")
         }
-    assert runs[1]["train_step/loss"]  # logged at all
+    assert runs[1]["train_step/loss"] and runs[1]["train_step/beta"]  # logged at all
     assert runs[N] == runs[1]
+
+
+class CountsBackward(L.Callback):
+    """A callback with a per-step hook: it must be called at every optimizer step."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.calls += 1
+
+
+def test_per_step_hooks_are_called_when_a_callback_has_them_and_skipped_otherwise(
+    synthetic_root, tmp_path
+):
+    counter = CountsBackward()
+    hooked, trainer = fit(synthetic_root, tmp_path / "hooked", N, callbacks=[counter])
+    assert not hooked._direct  # Lightning's manual_backward and LightningOptimizer.step
+    steps = trainer.global_step
+    assert counter.calls == steps == 16  # 8 steps an epoch, 2 epochs
+    direct, trainer = fit(synthetic_root, tmp_path / "direct", N)
+    assert direct._direct and trainer.global_step == steps  # counted all the same
+    assert_same_weights(hooked, direct)
+
+
+@pytest.mark.parametrize("steps", [1, N])
+def test_a_constant_kl_weight_is_not_logged(synthetic_root, tmp_path, steps):
+    """No flat ``train_step/beta`` chart when the weight does not vary."""
+    fit(synthetic_root, tmp_path, steps, "trainer.log_every_n_steps=2", "logger=csv")
+    rows = logged(tmp_path)
+    assert any(r.get("train_step/loss") for r in rows)
+    assert not any(r.get("train_step/beta") for r in rows)
 
 
 def test_nonfinite_loss_names_the_first_nonfinite_step(synthetic_root, tmp_path):

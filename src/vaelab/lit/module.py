@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 
 from vaelab.errors import VaelabError
@@ -52,7 +53,7 @@ class VAELitModule(L.LightningModule):
     ``latest_train_terms`` holds the last training batch's terms [3, B] on the device (for
     the progress bar). Validation also logs ``val/active_units`` and keeps the per-dimension
     statistics (``LatentStats``) in ``val_latent_stats``; training logs the current KL weight as
-    ``train_step/beta``.
+    ``train_step/beta`` when ``kl_schedule`` varies it.
 
     Objectives, for every variant: ``elbo`` (with ``kl_schedule`` and ``free_bits``) or
     ``iwae`` with ``k`` samples (Burda et al. 2015; beta, schedule and free bits do not apply).
@@ -109,6 +110,7 @@ class VAELitModule(L.LightningModule):
         self._clip: tuple[float | None, str | None] = (None, None)
         self._accumulate = 1
         self._epoch_steps = 0  # optimizer steps taken in this epoch (several steps per call)
+        self._direct = False  # the steps skip Lightning's per-step hooks (_steps_directly)
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
@@ -205,6 +207,7 @@ class VAELitModule(L.LightningModule):
             if math.isfinite(batches):
                 self._steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
             return
+        self._direct = self._steps_directly()
         # several steps per call: Lightning counts calls; these count optimizer steps
         batches = min(trainer.num_training_batches * self.batches_per_call, self._epoch_batches())
         self._steps_per_epoch = math.ceil(batches / self._accumulate)
@@ -213,6 +216,32 @@ class VAELitModule(L.LightningModule):
             total = trainer.max_steps
         self._total_steps = (
             total if trainer.max_steps in (None, -1) else min(total, trainer.max_steps)
+        )
+
+    _HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+    def _steps_directly(self) -> bool:
+        """Whether the steps of a call may run ``loss.backward()`` and the optimizer's own
+        ``step`` instead of ``manual_backward`` and Lightning's ``LightningOptimizer.step``:
+        those dispatch ``on_before_backward``, ``on_after_backward`` and
+        ``on_before_optimizer_step`` to every callback and the module at every step (tens of
+        microseconds each, docs/speed.md), so they are skipped when nothing overrides those
+        hooks or ``backward``, in one process (``SingleDeviceStrategy``: DDP prepares its
+        reducer in Lightning's backward) at full precision (no gradient scaler). The
+        optimizer steps are counted in Lightning's own progress, as its step counts them."""
+        trainer = self.trainer
+        overridden = any(
+            getattr(type(callback), hook) is not getattr(L.Callback, hook)
+            for callback in trainer.callbacks
+            for hook in self._HOOKS
+        ) or any(
+            getattr(type(self), hook) is not getattr(L.LightningModule, hook)
+            for hook in (*self._HOOKS, "backward")
+        )
+        return (
+            not overridden
+            and type(trainer.strategy) is SingleDeviceStrategy
+            and str(trainer.precision) == "32-true"
         )
 
     @property
@@ -299,7 +328,8 @@ class VAELitModule(L.LightningModule):
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             for term, values in zip(TERMS, terms, strict=True):
                 self.log(f"train_step/{term}", values.mean())
-            self.log("train_step/beta", self.current_beta())
+            if self.hparams.kl_schedule != "constant":  # a constant would be a flat chart
+                self.log("train_step/beta", self.current_beta())
         return loss
 
     def _several_steps(self, batch) -> dict:
@@ -312,6 +342,8 @@ class VAELitModule(L.LightningModule):
         trainer, group = self.trainer, self._accumulate
         chunks = x.split(self._batch_size)
         losses = []
+        direct = self._direct  # backward and the optimizer's step without Lightning's hooks
+        progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         for start in range(0, len(chunks), group):
             if 0 <= trainer.max_steps <= self.global_step:
                 break
@@ -323,12 +355,20 @@ class VAELitModule(L.LightningModule):
                 stacked = torch.stack(terms)
                 self.epoch_means["train_means"].update(stacked)
                 self.latest_train_terms = stacked.detach()
-                self.manual_backward(loss / group if group > 1 else loss)
+                if direct:
+                    (loss / group if group > 1 else loss).backward()
+                else:
+                    self.manual_backward(loss / group if group > 1 else loss)
             losses.append(loss.detach())
             value, algorithm = self._clip
             if value:  # the hook Lightning calls, with the optimizer it is given there
                 self.configure_gradient_clipping(optimizer.optimizer, value, algorithm)
-            optimizer.step()
+            if direct:  # counted as Lightning's LightningOptimizer.step counts it
+                progress.increment_ready()
+                optimizer.optimizer.step()
+                progress.increment_completed()
+            else:
+                optimizer.step()
             self._step_schedulers("step", index=self._epoch_steps)
             self._epoch_steps += 1
             if log_now:  # the steps Lightning would log at with one step per call
@@ -379,7 +419,9 @@ class VAELitModule(L.LightningModule):
         """``train_step/*`` and the KL weight of optimizer step ``step`` to the loggers, at the
         step Lightning gives them with one step per call."""
         metrics = {f"train_step/{t}": float(v.detach()) for t, v in values.items()}
-        metrics["train_step/beta"] = float(self._beta_at(step))
+        if self.hparams.kl_schedule != "constant":
+            # in float32, as self.log stores a float with one step per call
+            metrics["train_step/beta"] = torch.tensor(self._beta_at(step)).item()
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
 
