@@ -83,7 +83,7 @@ class LatentVariableModel(nn.Module):
         """``z`` with each latent group that the generative path computes from ``group``
         replaced by its conditional prior mean given the group above it: how a change of
         ``group`` reaches the image. Here the groups decode side by side, so ``z`` is
-        returned as it is; a hierarchy (``hvae.HVAE``) overrides it."""
+        returned as it is; a hierarchy of latents overrides it."""
         return z
 
     def decode(self, z: Latents) -> Tensor:
