@@ -21,15 +21,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from bench_epoch_overhead import compose_default
 
-import vaelab.runs  # noqa: F401  (registers the configs' resolvers)
 from vaelab.lit.callbacks import EpochThroughput, wait_for_outputs
 from vaelab.lit.module import VAELitModule
 from vaelab.runs.train import build, runtime_settings
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def ms_per_step(data_root: str, epochs: int, overrides: list[str], direct: bool) -> float:
@@ -38,19 +34,10 @@ def ms_per_step(data_root: str, epochs: int, overrides: list[str], direct: bool)
     if not direct:
         VAELitModule._steps_directly = lambda self: False
     try:
-        with (
-            tempfile.TemporaryDirectory() as out,
-            initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"),
-        ):
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"paths.data_dir={data_root}", f"trainer.max_epochs={epochs}",
-                    "callbacks.progress_bar=null", *overrides,
-                ],
-            )  # fmt: skip
-            with open_dict(cfg):
-                cfg.paths.output_dir = out
+        with tempfile.TemporaryDirectory() as out:
+            cfg = compose_default(
+                data_root, epochs, ["callbacks.progress_bar=null", *overrides], out
+            )
             with runtime_settings(cfg):
                 datamodule, model, trainer = build(cfg)
                 trainer.fit(model, datamodule=datamodule)
