@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from vaelab.errors import VaelabError
 from vaelab.evaluation.plotting import bar_figure
 from vaelab.lit.callbacks import VAEFigures
 from vaelab.runs.eval_report import make_figures
@@ -57,6 +58,16 @@ def test_interpolating_an_upper_layer_goes_down_the_generative_path(hvae):
     z["z1"] = hvae.decoders[0](z["z2"]).chunk(2, dim=-1)[0]
     assert torch.allclose(through_z2, hvae.decode(z), atol=1e-6)
     assert not torch.allclose(through_z2, every_layer)
+
+
+def test_interpolating_a_layer_the_model_lacks_is_one_line():
+    net = VAE(hidden_dims=[8], latent_dim=3, onednn_linear=False)
+    with pytest.raises(VaelabError) as err:
+        interpolation_path(net, torch.zeros(2, 3), 4, "z2")
+    assert str(err.value) == (
+        "interpolation.layer=z2 is not a latent group of this model; give one of z, or null "
+        "for all of them"
+    )
 
 
 def test_a_model_whose_groups_decode_side_by_side_fills_nothing():

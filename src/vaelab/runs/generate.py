@@ -45,10 +45,19 @@ def _below(net, group: str) -> list[str]:
     return names[: names.index(group)]
 
 
+def _check_layer(net, layer: str | None) -> None:
+    if layer is not None and layer not in net.latent_sizes:
+        raise VaelabError(
+            f"interpolation.layer={layer} is not a latent group of this model; give one of "
+            f"{', '.join(net.latent_sizes)}, or null for all of them"
+        )
+
+
 def interpolation_path(net, mu: torch.Tensor, steps: int, layer: str | None) -> torch.Tensor:
     """Images [steps, *image] along the straight line between two posterior means mu [2, D]:
     every group interpolated (``layer`` None), or with the groups below ``layer`` at their
-    conditional means given it (``fill_below``)."""
+    conditional means given it (``fill_below``); a layer the model lacks is a ``VaelabError``."""
+    _check_layer(net, layer)
     z = unflatten(interpolate(mu[0], mu[1], steps), net.latent_sizes)
     return net.decode(z if layer is None else net.fill_below(z, layer))
 
@@ -62,6 +71,7 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
     model = load_model(cfg.get("ckpt_path"), device)
     test = load_data(cfg, model).data_test
     net = model.net
+    _check_layer(net, cfg.interpolation.get("layer"))  # before any image is written
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
@@ -77,11 +87,6 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
     mu = flatten(net.posterior(x.to(device)).mean)
     steps = int(cfg.interpolation.steps)
     layer = cfg.interpolation.get("layer")
-    if layer is not None and layer not in net.latent_sizes:
-        raise VaelabError(
-            f"interpolation.layer={layer} is not a latent group of this model; give one of "
-            f"{', '.join(net.latent_sizes)}, or null for all of them"
-        )
     path = interpolation_path(net, mu, steps, layer)
     row = torch.cat([x[:1].to(device), path, x[1:].to(device)])
     title = (
@@ -111,10 +116,10 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
         group, index = latent_group(net.latent_sizes, int(dim))
         title = f"Latent dimension {dim} ({group} unit {index}) from {-span:g} to {span:g}"
         below = _below(net, group)
-        fixed = (
-            f"{', '.join(below)} at the conditional means given {group}" if below else ""
-        ) or "the other layers at the posterior means"
-        title += f", one test image per row\n{fixed}"
+        fixed = f"{', '.join(below)} at the conditional means given {group}"
+        title += ", one test image per row\n" + (
+            fixed if below else "the other layers at the posterior means"
+        )
     save_figure(grid_figure(image_grid(images, nrow=steps), title), paths["traversal"])
     for name, p in paths.items():
         log.info("Wrote %s: %s", name, p)
