@@ -17,11 +17,15 @@ adds (validation, checkpoints) and what a run spends once, which gives
 
 - the budget: with ``--budget-minutes M`` (default 30), ``trainer.max_epochs`` is the number
   of whole epochs that fit in M minutes, less the once-per-run time, at the measured step time
-  and epoch's-end time, and ``+trainer.max_time``
+  and epoch's-end time, and ``trainer.max_time``
   caps the fit at M minutes (a row the cap stops shows fewer epochs than planned; its
   compressed learning-rate stages are then truncated, which the table shows);
   ``--epochs N`` sets the epochs instead (no cap), ``--full`` the paper's length (3280 epochs;
   VampPrior: up to 2000 with early stopping; no cap);
+- a row whose config sizes its own epochs to ``trainer.max_time`` (``callbacks.time_budget``:
+  the speedrun) runs as its header's command, without ``trainer.max_epochs``, and with
+  ``trainer.max_time`` only when ``--budget-minutes`` differs from its own; its calibration
+  runs switch the budget off;
 - the full-length estimate: the paper's epochs, each its steps at the measured step time and
   its end, and whether that fits in one 10-minute call of a lent GPU.
   ``--device gpu --estimate-only`` measures on a GPU and writes the estimates without
@@ -96,6 +100,23 @@ def steps_per_epoch(row: str, extra: list[str]) -> int:
     return math.ceil(batches / cfg.trainer.get("accumulate_grad_batches", 1))
 
 
+def own_budget(row: str, extra: list[str]) -> str | None:
+    """The row's own ``trainer.max_time`` when its config sizes its epochs to it
+    (``callbacks.time_budget``), else None."""
+    from hydra import compose, initialize_config_dir
+
+    import vaelab.runs  # noqa: F401  (registers the config resolvers)
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={row}", *extra])
+    if cfg.callbacks.get("time_budget") is None:
+        return None
+    return cfg.trainer.get("max_time")
+
+
+NO_BUDGET = ["callbacks.time_budget=null", "trainer.max_time=null"]
+
+
 def calibration_run(row: str, base: list[str], steps: int, epochs: int, out: Path) -> float | None:
     """``fit_seconds`` of ``epochs`` epochs of ``steps`` optimizer steps of ``row`` into
     ``out`` (None if the run failed): the row's own callbacks, logger and validation, as in the
@@ -146,7 +167,8 @@ def epoch_end(cal: dict) -> str:
 def plan(row: str, base: list[str], args) -> dict:
     """The row's calibration, steps per epoch, budget (epochs, cap) and full-length estimate."""
     per_epoch = steps_per_epoch(row, base)
-    cal = calibrate(row, base, per_epoch, args)
+    own = own_budget(row, base)
+    cal = calibrate(row, base + (NO_BUDGET if own else []), per_epoch, args)
     paper_epochs = ROWS[row][3]
     info: dict = {"steps_per_epoch": per_epoch, "calibration": cal}
     step = cal["seconds_per_step"]
@@ -159,6 +181,10 @@ def plan(row: str, base: list[str], args) -> dict:
         info["epochs"], info["max_time"] = paper_epochs or None, None
     elif args.epochs:
         info["epochs"], info["max_time"] = args.epochs, None
+    elif own:  # the row sizes its epochs itself, to its own budget unless told another
+        budget = time.strftime("00:%H:%M:%S", time.gmtime(args.budget_minutes * 60))
+        info["epochs"], info["max_time"] = None, None if budget == own else budget
+        info["own_budget"] = True
     elif step:
         budget = args.budget_minutes * 60
         # after the once-per-run part, each epoch's steps and what its end adds
@@ -183,9 +209,11 @@ def run_row(row: str, args) -> int:
     info = plan(row, base, args)
     overrides = [f"experiment={row}", *base]
     if info.get("epochs"):
+        if own_budget(row, base):  # a number of epochs instead of the row's own budget
+            overrides += NO_BUDGET
         overrides.append(f"trainer.max_epochs={info['epochs']}")
     if info.get("max_time"):
-        overrides.append(f"+trainer.max_time={info['max_time']}")
+        overrides.append(f"trainer.max_time={info['max_time']}")
     overrides.append(f"hydra.run.dir={shown(row_dir / '0')}")
     command = "python train.py " + shlex.join(overrides)
     script = "python scripts/literature_table.py " + shlex.join(sys.argv[1:])
@@ -299,6 +327,8 @@ def section(log_dir: Path, figure_path: Path, out: Path) -> str:
             epochs = str(m.get("epochs", ""))
             if planned and m.get("epochs") is not None and m["epochs"] < planned:
                 epochs += f" of {planned} (stopped early)"
+            if info.get("own_budget"):
+                epochs += " (sized to the budget)"
             cells = [
                 f"`{name}`: {what}", paper, paper_cell,
                 f"{num(nll)} (k={m.get('test/nll_k', 0):.0f})" if nll is not None else "no NLL",

@@ -240,3 +240,27 @@ def test_validation_curve_is_read_once_per_events_folder(tmp_path):
     assert len(list(folder.glob("events.out.tfevents*"))) == 2
     times, values = literature_script().val_curve(tmp_path / "run")
     assert values == [150.0, 120.0, 100.0] and times == sorted(times)
+
+
+def test_the_speedrun_row_runs_as_its_header_says_with_its_own_budget(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    script = literature_script()
+    bases = []
+
+    def calibration_run(row, base, steps, epochs, out):
+        bases.append(base)
+        return {(300, 1): 10.0, (600, 1): 16.0, (300, 2): 17.0}[steps, epochs]
+
+    monkeypatch.setattr(script, "calibration_run", calibration_run)
+    monkeypatch.setattr(script, "steps_per_epoch", lambda row, base: 1000)
+    args = SimpleNamespace(calibrate_steps=300, log_dir=tmp_path, full=False, epochs=None,
+                           budget_minutes=30)  # fmt: skip
+    info = script.plan("speedrun", [], args)
+    # the row sizes its epochs itself (callbacks.time_budget) to its own 30 minutes
+    assert info["epochs"] is None and info["max_time"] is None and info["own_budget"]
+    # its calibration runs are short runs of fixed epochs, without the budget
+    assert all(b[-2:] == script.NO_BUDGET for b in bases)
+    args.budget_minutes = 10
+    assert script.plan("speedrun", [], args)["max_time"] == "00:00:10:00"
+    assert script.own_budget("burda_vae_1l", []) is None

@@ -211,12 +211,21 @@ class VAELitModule(L.LightningModule):
         # several steps per call: Lightning counts calls; these count optimizer steps
         batches = min(trainer.num_training_batches * self.batches_per_call, self._epoch_batches())
         self._steps_per_epoch = math.ceil(batches / self._accumulate)
+        self._total_steps = self._run_steps()
+
+    def _run_steps(self) -> int:
+        """The run's optimizer steps: its epochs' steps, or ``trainer.max_steps`` if fewer."""
+        trainer = self.trainer
         total = self._steps_per_epoch * max(trainer.max_epochs or 1, 1)
         if trainer.max_epochs in (None, -1):
             total = trainer.max_steps
-        self._total_steps = (
-            total if trainer.max_steps in (None, -1) else min(total, trainer.max_steps)
-        )
+        return total if trainer.max_steps in (None, -1) else min(total, trainer.max_steps)
+
+    def on_max_epochs_changed(self) -> None:
+        """``trainer.max_epochs`` changed during fit (``vaelab.lit.budget.TimeBudget``): the
+        run's optimizer steps, hence a cyclical KL schedule's length, follow."""
+        if getattr(self, "_steps_per_epoch", None) is not None:
+            self._total_steps = self._run_steps()
 
     _HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 

@@ -343,12 +343,33 @@ def accelerator_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def time_budget_problems(cfg: DictConfig) -> list[str]:
+    """``callbacks.time_budget`` (``vaelab.lit.budget.TimeBudget``) without the budget it sizes
+    the run to, or with a learning-rate schedule whose horizon cannot follow it."""
+    if OmegaConf.select(cfg, "callbacks.time_budget", default=None) is None:
+        return []
+    problems = []
+    if OmegaConf.select(cfg, "trainer.max_time", default=None) is None:
+        problems.append(
+            "callbacks.time_budget sizes the run to trainer.max_time, which is null: give "
+            "trainer.max_time=DD:HH:MM:SS (e.g. 00:00:30:00) or callbacks.time_budget=null"
+        )
+    target = OmegaConf.select(cfg, "model.scheduler._target_", default=None)
+    if target is not None and target != "torch.optim.lr_scheduler.CosineAnnealingLR":
+        problems.append(
+            f"model.scheduler={format_value(target)}: callbacks.time_budget resizes "
+            "trainer.max_epochs and this schedule cannot follow it; use lr_schedule=cosine or "
+            "lr_schedule=constant, or callbacks.time_budget=null"
+        )
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise one VaelabError listing every bad value (one line each), or return."""
     problems = value_problems(cfg) + architecture_problems(cfg) + argument_problems(cfg)
     if not problems:  # (a value refused above may not even build)
         problems += network_problems(cfg)
-    problems += accelerator_problems(cfg)
+    problems += accelerator_problems(cfg) + time_budget_problems(cfg)
     if cfg.get("resume") is not None and cfg.get("ckpt_path") is not None:
         problems.append(
             f"resume={format_value(cfg.resume)} and ckpt_path={format_value(cfg.ckpt_path)}: "
