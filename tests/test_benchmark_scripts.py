@@ -57,3 +57,16 @@ def test_the_plain_loop_and_vaelabs_default_run_compare(synthetic_root, tmp_path
         summary["vaelab_default_fit_samples_per_sec"] / summary["plain_fit_samples_per_sec"]
     )
     assert "fit samples/s" in result.stdout and "vaelab ratio" in result.stdout
+
+
+def test_paired_epochs_time_the_plain_loop_inside_the_run(synthetic_root):
+    result = run_script(
+        "scripts/bench_step_path.py",
+        ["--paired", "--epochs", "2", "--data-root", str(synthetic_root)]
+        + ["data.checksums=null", "data.download=false", "data.val_size=100"],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = result.stdout.split("ratio\n", 1)[1].splitlines()
+    assert [r.split()[0] for r in rows[:2]] == ["0", "1"]  # one pair per epoch
+    assert all(float(r.split()[1]) > 0 and float(r.split()[2]) > 0 for r in rows[:2])
+    assert "vaelab at" in rows[2] and "x the plain loop's speed" in rows[2]
