@@ -70,14 +70,22 @@ def grid_figure(grid: torch.Tensor, title: str) -> Figure:
 
 
 @_drawing
-def latent_space_figure(points: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
-    """Scatter of 2-d latent points [N, 2] coloured by digit label [N]."""
+def latent_space_figure(
+    points: torch.Tensor, labels: torch.Tensor, title: str, ticks: bool = True
+) -> Figure:
+    """Scatter of 2-d latent points [N, 2] coloured by digit label [N]; ``ticks=False``:
+    axes without ticks, labelled "first/second coordinate" (``LatentSpacePlot``'s frame)."""
     fig, ax = new_figure((6, 5))
     scatter = ax.scatter(
         points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5
     )
     fig.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
     ax.set_title(title)
+    if not ticks:  # before the layout, which would otherwise measure ticks that go
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("first coordinate")
+        ax.set_ylabel("second coordinate")
     fig.tight_layout()
     return fig
 
@@ -107,12 +115,8 @@ class LatentSpacePlot:
 
     @_drawing
     def _draw_frame(self) -> None:
-        fig = latent_space_figure(torch.zeros(0, 2), torch.zeros(0), self.title)
+        fig = latent_space_figure(torch.zeros(0, 2), torch.zeros(0), self.title, ticks=False)
         ax = fig.axes[0]
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("first coordinate")
-        ax.set_ylabel("second coordinate")
         fig.canvas.draw()
         rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
         frame = Image.fromarray(rgb).quantize(self.FRAME_COLOURS, Image.Quantize.FASTOCTREE)
