@@ -82,9 +82,13 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
+        fields: dict[str, str] = {}
+        for line in cpuinfo.read_text().splitlines():  # the first processor's fields
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        cpu = fields.get("model name", cpu)
+        if "cpu family" in fields and "model" in fields:  # a VM's name may hide the kind
+            cpu += f" (family {fields['cpu family']}, model {fields['model']})"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__} "

@@ -129,8 +129,9 @@ class StopOnNonFiniteLoss(L.Callback):
     """Stops fit at the first training batch whose loss is NaN or infinite, with a message
     naming the epoch, the batch and the last good checkpoint.
 
-    No host sync per step: each batch only updates, on the device, the index of the epoch's
-    first non-finite batch and its loss. The host reads them every ``check_every_n_steps``
+    No host sync per step, and no work on the device either: each batch's loss (a scalar, or
+    the [S] losses of a call of S optimizer steps) is kept as it is. The host examines those
+    kept since its last check together (one pass, one read) every ``check_every_n_steps``
     batches (None: the trainer's ``log_every_n_steps``, when values are read for the loggers
     anyway), at the epoch's last batch, before validation and before any checkpoint is saved
     (``on_save_checkpoint``), so no checkpoint with diverged weights replaces a good one: the
@@ -138,44 +139,22 @@ class StopOnNonFiniteLoss(L.Callback):
     callbacks' hooks, at the end of validation or of the epoch.
     """
 
-    NONE = 2**62  # "no non-finite batch yet", larger than any batch index
-
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be at least 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self._first_bad: torch.Tensor | None = None  # batch index, on the device
-        self._bad_loss: torch.Tensor | None = None
+        # (loss, batch index, global step after it) of each batch since the last check
+        self._pending: list[tuple[torch.Tensor, int, int]] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._first_bad = None
+        self._pending = []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
-            if self._first_bad is None:
-                self._first_bad = torch.full((), self.NONE, device=loss.device)
-                self._bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
-                self._bad_loss = torch.zeros((), device=loss.device)
-            if loss.ndim == 0:  # one step (or one accumulated batch) per call
-                bad, value = ~torch.isfinite(loss), loss
-                bad_batch, bad_step = batch_idx, trainer.global_step
-            else:  # [S]: the losses of the S optimizer steps of one call (steps_per_call)
-                bad_steps = ~torch.isfinite(loss)
-                bad, index = bad_steps.any(), bad_steps.int().argmax()
-                value = loss[index]
-                per_step = getattr(pl_module, "_accumulate", 1)
-                per_call = getattr(pl_module, "batches_per_call", 1)
-                # the step's first batch in the epoch, and its global step counted from 1
-                bad_batch = index * per_step + batch_idx * per_call
-                bad_step = index + (trainer.global_step - len(loss) + 1)
-            first = (self._first_bad == self.NONE) & bad
-            self._first_bad = torch.where(first, bad_batch, self._first_bad)
-            self._bad_step = torch.where(first, bad_step, self._bad_step)
-            self._bad_loss = torch.where(first, value, self._bad_loss)
+            self._pending.append((loss.detach(), batch_idx, trainer.global_step))
         every = self.check_every_n_steps or trainer.log_every_n_steps
         if (batch_idx + 1) % every == 0 or trainer.is_last_batch:
             self.check(trainer, batch_idx)
@@ -187,16 +166,31 @@ class StopOnNonFiniteLoss(L.Callback):
         self.check(trainer)
 
     def check(self, trainer: L.Trainer, batch_idx: int | None = None) -> None:
-        """Raise ``NonFiniteLossError`` if a batch of this epoch had a non-finite loss (one
-        device-to-host copy)."""
-        if self._first_bad is None:
+        """Raise ``NonFiniteLossError`` if a batch since the last check had a non-finite loss
+        (one device-to-host copy)."""
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        bad_batch, step, value = torch.stack(
-            [self._first_bad.double(), self._bad_step.double(), self._bad_loss.double()]
-        ).tolist()
-        if bad_batch >= self.NONE:
+        losses = torch.cat([loss.float().reshape(-1) for loss, _, _ in pending])
+        bad = ~torch.isfinite(losses)
+        first = int(torch.where(bad.any(), bad.int().argmax(), -1))  # the one host read
+        if first < 0:
             return
-        bad_batch, step = int(bad_batch), int(step)
+        for loss, batch, step_after in pending:  # which batch, and which step of its call
+            if first >= loss.numel():
+                first -= loss.numel()
+                continue
+            value = float(loss.reshape(-1)[first])
+            if loss.ndim == 0:  # one step (or one accumulated batch) per call
+                bad_batch, step = batch, step_after
+            else:  # [S]: the losses of the S optimizer steps of one call (steps_per_call)
+                module = trainer.lightning_module
+                per_step = getattr(module, "_accumulate", 1)
+                per_call = getattr(module, "batches_per_call", 1)
+                # the step's first batch in the epoch, and its global step counted from 1
+                bad_batch = first * per_step + batch * per_call
+                step = first + (step_after - loss.numel() + 1)
+            break
         lrs = [f"{g['lr']:g}" for opt in trainer.optimizers for g in opt.param_groups]
         checkpoint = last_good_checkpoint(trainer)
         raise NonFiniteLossError(
