@@ -117,3 +117,13 @@ def test_the_speedrun_is_sized_by_its_own_budget():
     assert cfg.callbacks.time_budget._target_ == "vaelab.lit.budget.TimeBudget"
     assert cfg.trainer.max_time == "00:00:30:00"
     assert cfg.model.scheduler.T_max == cfg.trainer.max_epochs  # the horizon it resizes
+
+
+def test_a_max_time_that_is_not_a_duration_is_one_line(synthetic_root, tmp_path):
+    base = synthetic_overrides(synthetic_root, tmp_path)
+    with pytest.raises(VaelabError) as err:
+        check_config(compose_train([*base, "trainer.max_time=30min"], output_dir=tmp_path))
+    assert str(err.value) == (
+        "trainer.max_time='30min' must be null or DD:HH:MM:SS (e.g. 00:00:30:00: 30 minutes)"
+    )
+    check_config(compose_train([*base, "trainer.max_time=00:00:30:00"], output_dir=tmp_path))

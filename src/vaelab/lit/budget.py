@@ -14,6 +14,24 @@ from vaelab.errors import VaelabError
 
 log = logging.getLogger(__name__)
 
+# the schedulers whose horizon follows a resized run (``T_max``), by their config target
+FOLLOWS = ("torch.optim.lr_scheduler.CosineAnnealingLR",)
+
+
+def no_budget() -> str:
+    return (
+        "callbacks.time_budget sizes the run to trainer.max_time, which is null: give "
+        "trainer.max_time=DD:HH:MM:SS (e.g. 00:00:30:00) or callbacks.time_budget=null"
+    )
+
+
+def fixed_horizon(scheduler: str) -> str:
+    return (
+        f"callbacks.time_budget resizes trainer.max_epochs and the scheduler {scheduler} "
+        "cannot follow it; use lr_schedule=cosine or lr_schedule=constant, or "
+        "callbacks.time_budget=null"
+    )
+
 
 class TimeBudget(L.Callback):
     """Sizes ``trainer.max_epochs`` to the budget of ``trainer.max_time``, so that a run ends
@@ -49,11 +67,7 @@ class TimeBudget(L.Callback):
     def _timer(self, trainer: L.Trainer) -> Timer:
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if timer is None or timer._duration is None:
-            raise VaelabError(
-                "callbacks.time_budget sizes the run to trainer.max_time, which is not set: "
-                "give trainer.max_time=DD:HH:MM:SS (e.g. 00:00:30:00) or "
-                "callbacks.time_budget=null"
-            )
+            raise VaelabError(no_budget())
         return timer
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -71,11 +85,7 @@ class TimeBudget(L.Callback):
     @staticmethod
     def _refuse_fixed_horizon(scheduler) -> None:
         if not hasattr(scheduler, "T_max"):
-            raise VaelabError(
-                f"callbacks.time_budget resizes trainer.max_epochs, and the learning-rate "
-                f"scheduler {type(scheduler).__name__} cannot follow it: use "
-                "lr_schedule=cosine or lr_schedule=constant, or callbacks.time_budget=null"
-            )
+            raise VaelabError(fixed_horizon(type(scheduler).__name__))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = self._now()
@@ -87,8 +97,8 @@ class TimeBudget(L.Callback):
             return
         later = self.epoch_seconds[1:] or self.epoch_seconds
         per_epoch = max(statistics.median(later), later[-1])
-        left = (1 - self.margin) * self._timer(trainer)._duration
-        left -= self._timer(trainer).time_elapsed()
+        timer = self._timer(trainer)
+        left = (1 - self.margin) * timer._duration - timer.time_elapsed()
         epochs = max(done + max(math.floor(left / per_epoch), 0), done)
         epochs = int(trainer.strategy.broadcast(epochs, src=0))
         if epochs != trainer.max_epochs:

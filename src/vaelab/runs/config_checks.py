@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,13 @@ def int_list_at_least(low: int) -> Callable[[Any], bool]:
 
 def epochs(value: Any) -> bool:
     return is_int(value) and (value >= 1 or value == -1)
+
+
+def duration(value: Any) -> bool:
+    """Lightning's ``max_time`` as a config gives it: null or ``DD:HH:MM:SS``."""
+    return value is None or (
+        isinstance(value, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value) is not None
+    )
 
 
 def fraction(value: Any) -> bool:
@@ -132,6 +140,7 @@ RULES: tuple[Rule, ...] = (
         "an integer >= 0 (images held out of the training file; 0 validates on the test set)",
     ),
     Rule("trainer.max_epochs", epochs, "an integer >= 1, or -1 for no limit"),
+    Rule("trainer.max_time", duration, "null or DD:HH:MM:SS (e.g. 00:00:30:00: 30 minutes)"),
     Rule(
         "trainer.gradient_clip_val",
         lambda v: v is None or number_at_least(0)(v),
@@ -346,21 +355,16 @@ def accelerator_problems(cfg: DictConfig) -> list[str]:
 def time_budget_problems(cfg: DictConfig) -> list[str]:
     """``callbacks.time_budget`` (``vaelab.lit.budget.TimeBudget``) without the budget it sizes
     the run to, or with a learning-rate schedule whose horizon cannot follow it."""
+    from vaelab.lit.budget import FOLLOWS, fixed_horizon, no_budget
+
     if OmegaConf.select(cfg, "callbacks.time_budget", default=None) is None:
         return []
     problems = []
     if OmegaConf.select(cfg, "trainer.max_time", default=None) is None:
-        problems.append(
-            "callbacks.time_budget sizes the run to trainer.max_time, which is null: give "
-            "trainer.max_time=DD:HH:MM:SS (e.g. 00:00:30:00) or callbacks.time_budget=null"
-        )
+        problems.append(no_budget())
     target = OmegaConf.select(cfg, "model.scheduler._target_", default=None)
-    if target is not None and target != "torch.optim.lr_scheduler.CosineAnnealingLR":
-        problems.append(
-            f"model.scheduler={format_value(target)}: callbacks.time_budget resizes "
-            "trainer.max_epochs and this schedule cannot follow it; use lr_schedule=cosine or "
-            "lr_schedule=constant, or callbacks.time_budget=null"
-        )
+    if target is not None and target not in FOLLOWS:
+        problems.append(f"model.scheduler={format_value(target)}: " + fixed_horizon(target))
     return problems
 
 
