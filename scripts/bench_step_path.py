@@ -32,7 +32,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from bench_epoch_overhead import compose_default
-from plain_loop import PlainVAE, linear_class, run_plain
+from plain_loop import PlainVAE, linear_class, run_plain, train_epoch
 
 from vaelab.lit.callbacks import EpochThroughput, wait_for_outputs
 from vaelab.lit.module import VAELitModule
@@ -93,12 +93,7 @@ class PlainEpochs(L.Callback):
         ours = time.perf_counter() - self._start
         start = time.perf_counter()
         with torch.enable_grad():
-            for idx in torch.randperm(len(self.train)).split(128):
-                loss = self.model(self.train.index_select(0, idx)).mean()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
-                self.optimizer.step()
+            train_epoch(self.model, self.optimizer, self.train)
         self.pairs.append((ours, time.perf_counter() - start))
 
 

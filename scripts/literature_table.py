@@ -170,7 +170,7 @@ def plan(row: str, base: list[str], args) -> dict:
     own = own_budget(row, base)
     cal = calibrate(row, base + (NO_BUDGET if own else []), per_epoch, args)
     paper_epochs = ROWS[row][3]
-    info: dict = {"steps_per_epoch": per_epoch, "calibration": cal}
+    info: dict = {"steps_per_epoch": per_epoch, "calibration": cal, "has_budget": bool(own)}
     step = cal["seconds_per_step"]
     if paper_epochs and step:
         full = paper_epochs * (per_epoch * step + cal.get("seconds_per_epoch_end", 0.0))
@@ -209,7 +209,7 @@ def run_row(row: str, args) -> int:
     info = plan(row, base, args)
     overrides = [f"experiment={row}", *base]
     if info.get("epochs"):
-        if own_budget(row, base):  # a number of epochs instead of the row's own budget
+        if info["has_budget"]:  # a number of epochs instead of the row's own budget
             overrides += NO_BUDGET
         overrides.append(f"trainer.max_epochs={info['epochs']}")
     if info.get("max_time"):

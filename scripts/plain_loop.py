@@ -78,6 +78,17 @@ def mean_loss(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> floa
     return float(total) / len(x)
 
 
+def train_epoch(model: nn.Module, optimizer, train: torch.Tensor, generator=None) -> None:
+    """One epoch of the plain loop over ``train`` [N, 784]: batches of 128 in a fresh order."""
+    order = torch.randperm(len(train), generator=generator, device=train.device)
+    for idx in order.split(128):
+        loss = model(train.index_select(0, idx)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+
+
 def run_plain(
     data_root, epochs: int, seed: int, device: str = "cpu", linear: str = "auto", val_size=5000
 ):
@@ -94,13 +105,7 @@ def run_plain(
     epoch_seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
-        order = torch.randperm(len(train), generator=generator, device=device)
-        for idx in order.split(128):
-            loss = model(train.index_select(0, idx)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-            optimizer.step()
+        train_epoch(model, optimizer, train, generator)
         if cuda:
             torch.cuda.synchronize(device)
         epoch_seconds.append(time.perf_counter() - start)
