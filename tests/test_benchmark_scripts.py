@@ -62,11 +62,21 @@ def test_the_plain_loop_and_vaelabs_default_run_compare(synthetic_root, tmp_path
 def test_paired_epochs_time_the_plain_loop_inside_the_run(synthetic_root):
     result = run_script(
         "scripts/bench_step_path.py",
-        ["--paired", "--epochs", "2", "--data-root", str(synthetic_root)]
+        ["--paired", "--ops", "--epochs", "2", "--data-root", str(synthetic_root)]
         + ["data.checksums=null", "data.download=false", "data.val_size=100"],
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = result.stdout.split("ratio\n", 1)[1].splitlines()
     assert [r.split()[0] for r in rows[:2]] == ["0", "1"]  # one pair per epoch
-    assert all(float(r.split()[1]) > 0 and float(r.split()[2]) > 0 for r in rows[:2])
+    # vaelab's ms a step, the part inside training_step (no more than the whole), the plain's
+    for row in rows[:2]:
+        ours, in_step, plain = (float(v) for v in row.split()[1:4])
+        assert 0 < in_step <= ours and plain > 0
     assert "vaelab at" in rows[2] and "x the plain loop's speed" in rows[2]
+    assert "in training_step +" in rows[3]
+    # the profiled pair: both sides' aten ops, the matmuls among them
+    ops = result.stdout.split("aten ops per optimizer step", 1)[1]
+    for side in ("vaelab", "plain"):
+        line = next(r for r in ops.splitlines() if r.strip().startswith(f"{side}:"))
+        assert float(line.split()[1]) > 100  # calls a step: forward, backward and Adam
+    assert ops.count("aten::mm") >= 2
