@@ -126,7 +126,9 @@ def section(log_dir: Path) -> str:
         info, metrics = results[name]
         nll = metrics.get("test/nll")
         images = info["nll_images"] or "all 10 000"
-        delta = f"{nll - base:+.2f}" if nll is not None and base is not None else ""
+        # of the figures as shown, so that the column is their difference to the last digit
+        shown = nll is not None and base is not None
+        delta = f"{round(nll, 2) - round(base, 2):+.2f}" if shown else ""
         cells = [
             f"`{name}`", what,
             f"{num(nll)} (k={info['nll_k']}, {images} images)" if nll is not None else "no NLL",
