@@ -123,7 +123,7 @@ class CtrlCAt(L.Callback):
             raise KeyboardInterrupt
 
 
-def fit(root, log_dir, callbacks, ckpt_path=None):
+def fit(root, log_dir, callbacks, ckpt_path=None, eval_batch_size=1000):
     trainer = L.Trainer(
         max_epochs=2,
         callbacks=[SaveOnInterrupt(log_dir / "checkpoints"), *callbacks],
@@ -133,7 +133,9 @@ def fit(root, log_dir, callbacks, ckpt_path=None):
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    datamodule = MNISTDataModule(root, val_size=100, batch_size=64, download=False)
+    datamodule = MNISTDataModule(
+        root, val_size=100, batch_size=64, eval_batch_size=eval_batch_size, download=False
+    )
     model = VAELitModule(hidden_dims=[32], latent_dim=4)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer, datamodule
@@ -169,6 +171,37 @@ def test_epoch_interrupted_part_way_trains_each_image_once(synthetic_root, tmp_p
         rows = [r for r in csv.DictReader(f) if r["train/loss"]]
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[0]["train/loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+class SigtermInValidation(L.Callback):
+    """SIGTERM after the first of the validation batches of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_a_signal_during_validation_stops_the_run_after_the_validation(synthetic_root, tmp_path):
+    """Lightning stops validation after the batch in hand, and a run resumed from there skips
+    the rest of it: the epoch's validation metrics (and checkpoints) would be lost."""
+    with pytest.raises(BaseException):  # Lightning's SIGTERMException  # noqa: B017
+        fit(synthetic_root, tmp_path, [SigtermInValidation(0)], eval_batch_size=25)
+    saved = tmp_path / "checkpoints" / "interrupted.ckpt"
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows if r["val/loss"]] == [0]  # the 4 batches' mean
+    assert [int(r["epoch"]) for r in rows if r["train/loss"]] == [0]  # stopped at the epoch's end
+    steps = torch.load(saved, weights_only=True)["global_step"]
+    trainer, _ = fit(synthetic_root, tmp_path, [], ckpt_path=saved, eval_batch_size=25)
+    assert trainer.global_step == 2 * steps  # nothing repeated, nothing skipped
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows if r["val/loss"]] == [0, 1]
+    handler = signal.getsignal(signal.SIGTERM)  # the deferral's handler is gone
+    assert getattr(handler, "__name__", "") != "_defer_sigterm"
 
 
 # ----- the command line, end to end -------------------------------------------------------

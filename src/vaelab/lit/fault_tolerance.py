@@ -51,6 +51,11 @@ class SaveOnInterrupt(Checkpoint):
     The first Ctrl-C is handled like SIGTERM: training stops at the next batch boundary, where
     the saved state is consistent (a ``KeyboardInterrupt`` can strike between an optimizer step
     and the progress counters); a second Ctrl-C stops at once.
+
+    A signal that comes during validation (or just before it) takes effect when validation
+    ends: Lightning would stop it after the current batch, and a run resumed from there skips
+    the rest of that validation, so the epoch's validation metrics, its best-checkpoint
+    decision and its epoch checkpoint would be lost.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
@@ -64,6 +69,8 @@ class SaveOnInterrupt(Checkpoint):
         self.saved: Path | None = None
         self._sigint_received = False
         self._previous_sigint = None
+        self._lightning_sigterm = None  # Lightning's SIGTERM handler, while validation runs
+        self._deferred = False  # a SIGTERM received during validation
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sigint_received = False
@@ -89,6 +96,32 @@ class SaveOnInterrupt(Checkpoint):
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+        connector = trainer._signal_connector  # where Lightning's loops read the signal
+        # received during the epoch's last batch: the training loop checks after validation
+        self._deferred, connector.received_sigterm = connector.received_sigterm, False
+        self._lightning_sigterm = signal.signal(signal.SIGTERM, self._defer_sigterm)
+
+    def _defer_sigterm(self, signum, frame) -> None:
+        self._deferred = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_deferral(trainer)
+
+    def _end_deferral(self, trainer: L.Trainer) -> None:
+        """Lightning's SIGTERM handler back; a signal deferred during validation now stops the
+        training loop at its next check (after this batch, or at the epoch's end)."""
+        if self._lightning_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._lightning_sigterm)
+            self._lightning_sigterm = None
+        if self._deferred:
+            self._deferred = False
+            trainer._signal_connector.received_sigterm = True
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
 
@@ -99,6 +132,7 @@ class SaveOnInterrupt(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        self._end_deferral(trainer)  # an error inside validation: Lightning's handler back
         self.signal = signal_name(exception)
         if self.signal is not None and self._sigint_received:
             self.signal = "SIGINT"  # turned into SIGTERM by _on_sigint
