@@ -100,10 +100,26 @@ def test_a_background_write_that_fails_raises_its_one_line_at_the_wait(tmp_path,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    io.save_checkpoint({"w": torch.zeros(1000)}, path)
+    io.save_checkpoint({"w": torch.zeros(1000)}, path)  # never raises its own write's error
     with pytest.raises(StorageError, match="no space left on the device"):
         io.teardown()
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_background_write_that_failed_raises_at_the_next_checkpoint(tmp_path, monkeypatch):
+    io = BackgroundCheckpointIO()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    io.save_checkpoint({"w": torch.zeros(10)}, tmp_path / "a.ckpt")
+    io._executor.submit(lambda: None).result()  # the worker is past the failed write
+    with pytest.raises(StorageError, match="no space left on the device"):
+        io.save_checkpoint({"w": torch.zeros(10)}, tmp_path / "b.ckpt")
+    monkeypatch.undo()
+    with pytest.raises(StorageError):  # the failure is not forgotten at the wait either
+        io.teardown()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from vaelab.errors import writing
 
@@ -112,6 +113,22 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
 
     def __init__(self, checkpoint_io: TorchCheckpointIO | None = None) -> None:
         super().__init__(checkpoint_io if checkpoint_io is not None else AtomicCheckpointIO())
+
+    def save_checkpoint(self, checkpoint, *args, **kwargs) -> None:
+        """Hands a copy of ``checkpoint`` to the worker. An earlier write's failure is raised
+        here, before the hand-over: Lightning's own check comes after it, where it races with
+        this write (its failure raised now or at the wait, by the worker's speed)."""
+        self._ensure_setup()
+        if self._error:
+            raise self._error
+        copy = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        self._executor.submit(self._write, copy, *args, **kwargs)
+
+    def _write(self, *args, **kwargs) -> None:
+        try:
+            self.checkpoint_io.save_checkpoint(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - raised at the next save or teardown
+            self._error = err
 
     def remove_checkpoint(self, path) -> None:
         self._ensure_setup()
