@@ -122,21 +122,17 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         if self._error:
             raise self._error
         copy = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
-        self._executor.submit(self._write, copy, *args, **kwargs)
+        self._executor.submit(
+            self._in_worker, self.checkpoint_io.save_checkpoint, copy, *args, **kwargs
+        )
 
-    def _write(self, *args, **kwargs) -> None:
+    def _in_worker(self, job, *args, **kwargs) -> None:
+        """A write or a removal, in the worker: its error is kept for the next save or teardown."""
         try:
-            self.checkpoint_io.save_checkpoint(*args, **kwargs)
+            job(*args, **kwargs)
         except BaseException as err:  # noqa: BLE001 - raised at the next save or teardown
             self._error = err
 
     def remove_checkpoint(self, path) -> None:
         self._ensure_setup()
-
-        def remove() -> None:
-            try:
-                self.checkpoint_io.remove_checkpoint(path)
-            except BaseException as err:  # noqa: BLE001 - raised at the next save or teardown
-                self._error = err
-
-        self._executor.submit(remove)
+        self._executor.submit(self._in_worker, self.checkpoint_io.remove_checkpoint, path)
