@@ -100,7 +100,7 @@ def test_iwae_objective_trains_and_tightens_with_k():
     x = (torch.rand(16, 1, 28, 28) > 0.5).float()
     bounds = {}
     for k in (1, 50):
-        model.hparams.k = k
+        model.objective_fn.k = k
         torch.manual_seed(4)
         bounds[k] = torch.stack([model.objective(x)[0] for _ in range(20)]).mean().item()
     assert bounds[50] < bounds[1]  # the k=50 loss is a tighter (smaller) bound

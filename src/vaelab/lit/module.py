@@ -15,8 +15,9 @@ from torch import nn
 
 from vaelab.errors import VaelabError
 from vaelab.evaluation.metrics import ElboMeans, LatentStats
-from vaelab.science.bounds import ElboTerms, free_bits_kl, iwae_bound
+from vaelab.science.bounds import ElboTerms
 from vaelab.science.distributions import flatten
+from vaelab.science.objectives import ObjectiveInput, ObjectiveOutput, build_objective
 from vaelab.science.schedules import kl_weight
 
 SPLITS = ("train", "val", "test")
@@ -78,6 +79,7 @@ class VAELitModule(L.LightningModule):
         free_bits: float = 0.0,
         objective: str = "elbo",
         k: int = 1,
+        objective_args: dict | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         compile: bool = False,
@@ -95,6 +97,10 @@ class VAELitModule(L.LightningModule):
                 net_args[key] = list(value)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_net(net, net_args)
+        # model.objective by name (vaelab.science.objectives); its arguments from
+        # objective_args, else the model's keys of the same name (k, free_bits)
+        self.objective_fn = build_objective(objective, objective_args, self.hparams)
+        self._dataset_size: int | None = None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.epoch_means = nn.ModuleDict({f"{split}_means": ElboMeans() for split in SPLITS})
@@ -119,6 +125,26 @@ class VAELitModule(L.LightningModule):
         """Per-image (loss, recon, kl) [B] for one batch, one z sample each."""
         parts = self.net.elbo(x, generator=self.noise)
         return ElboTerms(parts.recon + self.hparams.beta * parts.kl, parts.recon, parts.kl)
+
+    def objective_input(self, x: torch.Tensor) -> ObjectiveInput:
+        """What the objective receives for the training batch x [B, *input_shape]."""
+        return ObjectiveInput(
+            x,
+            self.net,
+            self.net.posterior(x),
+            self.net.prior(),
+            self.hparams.beta,
+            self.current_beta(),
+            self.global_step,
+            self.dataset_size,
+            self.noise,
+        )
+
+    def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, ElboTerms]:
+        """(scalar to minimise, per-image ELBO terms [B]) of ``model.objective`` on one
+        batch; nothing is recorded (``training_loss`` records them)."""
+        out = self.objective_fn(self.objective_input(x))
+        return out.loss, out.terms
 
     def _seed_noise(self) -> None:
         """The generator of z's draws, on the model's device, seeded from the run's seed
@@ -175,27 +201,30 @@ class VAELitModule(L.LightningModule):
             return self.hparams.kl_warmup_steps
         return round(epochs * getattr(self, "_steps_per_epoch", 1))
 
-    def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, ElboTerms]:
-        """(scalar to minimise, per-image ELBO terms to log) for one training batch."""
-        hp, net = self.hparams, self.net
-        if hp.objective == "iwae":
-            log_w = net.log_importance_weights(x, hp.k, generator=self.noise)
-            loss = -iwae_bound(log_w).mean()
-            with torch.no_grad():  # what is logged: the ELBO's terms, one z per image
-                terms = self.elbo_terms(x)
-            return loss, terms
-        parts = net.elbo(x, generator=self.noise)
-        terms = ElboTerms(parts.recon + hp.beta * parts.kl, parts.recon, parts.kl)
-        if hp.free_bits > 0:
-            # per latent dimension where the KL is in closed form, else each group's whole KL
-            # against free_bits times its size
-            kl_term = sum(
-                free_bits_kl(part, hp.free_bits * net.latent_sizes[group] / part.shape[1])
-                for group, part in parts.kl_parts.items()
-            )
-        else:
-            kl_term = parts.kl.mean()
-        return parts.recon.mean() + self.current_beta() * kl_term, terms
+    def training_loss(self, x: torch.Tensor) -> ObjectiveOutput:
+        """The objective (``model.objective``) on one training batch x [B, *input_shape], its
+        per-image terms recorded for the epoch's ``train/*`` means and the progress bar, and
+        the objective's own terms logged as ``train/<name>``. A ``training_step`` of a
+        subclass calls this for the VAE's part of its loss."""
+        out = self.objective_fn(self.objective_input(x))
+        stacked = torch.stack(out.terms)
+        self.epoch_means["train_means"].update(stacked)
+        # on device, for the progress bar to read when it refreshes (no host read per step)
+        self.latest_train_terms = stacked.detach()
+        for name, value in out.logged.items():
+            self.log(f"train/{name}", value.mean(), on_step=False, on_epoch=True, batch_size=len(x))
+        return out
+
+    @property
+    def dataset_size(self) -> int | None:
+        """Images in the training split (None when the training loader's data set has no
+        length): what an objective that estimates q(z) from a batch needs."""
+        if self._dataset_size is None and self._trainer is not None:
+            try:
+                self._dataset_size = len(self.trainer.train_dataloader.dataset)
+            except (AttributeError, TypeError):
+                return None
+        return self._dataset_size
 
     def on_train_start(self) -> None:
         trainer = self.trainer
@@ -327,11 +356,7 @@ class VAELitModule(L.LightningModule):
         if not self.automatic_optimization:
             return self._several_steps(batch)
         x, _ = batch
-        loss, terms = self.objective(x)
-        stacked = torch.stack(terms)
-        self.epoch_means["train_means"].update(stacked)
-        # on device, for the progress bar to read when it refreshes (no host read per step)
-        self.latest_train_terms = stacked.detach()
+        loss, terms, _ = self.training_loss(x)
         # logged only on the steps Lightning writes to the loggers (its own test, with
         # _batches_that_stepped == global_step): each value logged is read from the device
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -360,10 +385,7 @@ class VAELitModule(L.LightningModule):
             log_now = (step + 1) % trainer.log_every_n_steps == 0
             optimizer.zero_grad()
             for chunk in chunks[start : start + group]:
-                loss, terms = self.objective(chunk)
-                stacked = torch.stack(terms)
-                self.epoch_means["train_means"].update(stacked)
-                self.latest_train_terms = stacked.detach()
+                loss, terms, _ = self.training_loss(chunk)
                 if direct:
                     (loss / group if group > 1 else loss).backward()
                 else:

@@ -155,7 +155,6 @@ RULES: tuple[Rule, ...] = (
         "auto, true or false",
     ),
     Rule("model.architecture", NamesFrom("vaelab.science.networks", "ARCHITECTURES")),
-    Rule("model.objective", OneOf(("elbo", "iwae"))),
     Rule("model.k", int_at_least(1), "an integer >= 1 (importance samples per image)"),
     Rule("model.kl_schedule", NamesFrom("vaelab.science.schedules", "KL_SCHEDULES")),
     Rule("model.kl_warmup_steps", int_at_least(0), "an integer >= 0 (optimizer steps)"),
@@ -292,6 +291,34 @@ def argument_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def objective_problems(cfg: DictConfig) -> list[str]:
+    """``model.objective``: a name registered in ``vaelab.science.objectives`` (or the dotted
+    path of an objective class), and ``model.objective_args`` that its constructor takes."""
+    name = OmegaConf.select(cfg, "model.objective", default=None)
+    if name is None:
+        return []
+    from vaelab.science.objectives import OBJECTIVES, get_objective, objective_arguments
+
+    if not isinstance(name, str):
+        return [f"model.objective={format_value(plain(name))} must be one of "
+                f"{', '.join(OBJECTIVES)} (or the dotted path of an Objective class)"]
+    try:
+        cls = get_objective(name)
+    except VaelabError as err:
+        return [str(err)]
+    given = plain(OmegaConf.select(cfg, "model.objective_args", default=None)) or {}
+    if not isinstance(given, dict):
+        return [f"model.objective_args={format_value(given)} must be a mapping of the "
+                "objective's arguments, e.g. {tc_weight: 4}"]
+    accepted = objective_arguments(cls)
+    return [
+        f"model.objective_args.{key}: objective {name!r} has no argument {key!r} (its "
+        f"arguments: {', '.join(accepted) or 'none'})"
+        for key in given
+        if key not in accepted
+    ]
+
+
 def architecture_problems(cfg: DictConfig) -> list[str]:
     """What the conv architecture needs of the other model keys: two stride-2 convolutions
     (``hidden_dims=[c1, c2]``) on images whose height and width divide by 4."""
@@ -371,6 +398,7 @@ def time_budget_problems(cfg: DictConfig) -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     """Raise one VaelabError listing every bad value (one line each), or return."""
     problems = value_problems(cfg) + architecture_problems(cfg) + argument_problems(cfg)
+    problems += objective_problems(cfg)
     if not problems:  # (a value refused above may not even build)
         problems += network_problems(cfg)
     problems += accelerator_problems(cfg) + time_budget_problems(cfg)

@@ -35,6 +35,7 @@ class ElboParts(NamedTuple):
     kl_parts: the KL per group, {group: [B, D_g]} per dimension when in closed form
     (``closed_form``), else {group: [B, 1]} estimated by Monte Carlo.
     posterior: q(z|x), whose ``mean`` the latent statistics use.
+    z: the draws the terms were computed from, groups [B, D_g] ([B, k, D_g] with k draws).
     """
 
     recon: Tensor
@@ -42,6 +43,7 @@ class ElboParts(NamedTuple):
     kl_parts: dict[str, Tensor]
     closed_form: bool
     posterior: object
+    z: Latents | None = None
 
     def kl_per_dimension(self) -> Tensor | None:
         """[B, sum of D_g] nats, the groups side by side, when in closed form; else None."""
@@ -114,25 +116,37 @@ class LatentVariableModel(nn.Module):
         return None if closed is None else flatten(closed)
 
     def elbo(
-        self, x: Tensor, k: int | None = None, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        k: int | None = None,
+        generator: torch.Generator | None = None,
+        q=None,
+        p=None,
+        draws: tuple[Latents, dict[str, Tensor]] | None = None,
     ) -> ElboParts:
         """The ELBO's terms for x [B, *input_shape]: one draw z ~ q(z|x) per image (k=None),
         or recon and a Monte Carlo KL averaged over k draws. The KL is in closed form where
         ``exact_kl`` knows one (``distributions.register_kl``: its draws' log q is not
-        needed, so a posterior's ``draw`` skips it), else ``monte_carlo_kl``."""
-        q, p = self.posterior(x), self.prior()
+        needed, so a posterior's ``draw`` skips it), else ``monte_carlo_kl``. ``q`` (of these
+        x) and ``p``: when already built; ``draws``: (z, log q) of ``q.rsample`` to use
+        instead of drawing (an objective that needs log q shares its draws with the ELBO)."""
+        q = self.posterior(x) if q is None else q
+        p = self.prior() if p is None else p
         exact = exact_kl(q, p)
         closed = exact is not None and exact[1]  # the KL per latent dimension is known
-        if exact is not None:
+        if draws is not None:
+            z, log_q = draws
+            parts = exact[0] if exact is not None else self.monte_carlo_kl(p, z, log_q)
+        elif exact is not None:
             parts = exact[0]
             z = q.draw(k, generator) if hasattr(q, "draw") else q.rsample(k, generator)[0]
         else:
             z, log_q = q.rsample(k, generator)
             parts = self.monte_carlo_kl(p, z, log_q)
         log_px = self.log_px_given_z(z, x)
-        recon = -(log_px if k is None else log_px.mean(1))
+        recon = -(log_px if next(iter(z.values())).dim() == 2 else log_px.mean(1))
         kl = total({g: v.sum(1) for g, v in parts.items()})
-        return ElboParts(recon, kl, parts, closed, q)
+        return ElboParts(recon, kl, parts, closed, q, z)
 
     def forward(self, x: Tensor) -> ElboParts:
         return self.elbo(x)
