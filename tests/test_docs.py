@@ -369,14 +369,12 @@ def commented_keys(path: Path) -> tuple[bool, set[str]]:
 @pytest.mark.parametrize("group", GROUP_DIRS)
 def test_configuration_page_lists_every_option_and_key_of_a_group(group):
     """Every option and key of a group is in docs/configuration.md; a model variant's or an
-    objective's file may document itself instead (a header comment and a comment above each key), so that
-    adding a variant needs no edit of the docs."""
+    objective's file may document itself instead (a header comment and a comment above each
+    key), so that adding one needs no edit of the docs."""
     text = section(group)
     missing = []
     for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
-        opens, commented = (
-            commented_keys(path) if group in SELF_DOCUMENTING else (False, set())
-        )
+        opens, commented = commented_keys(path) if group in SELF_DOCUMENTING else (False, set())
         if not mentioned(path.stem, text) and not opens:
             missing.append(f"option {path.stem}")
         # a file in the _global_ package sets keys of other groups: name them to depth 2

@@ -300,16 +300,20 @@ def objective_problems(cfg: DictConfig) -> list[str]:
     from vaelab.science.objectives import OBJECTIVES, get_objective, objective_arguments
 
     if not isinstance(name, str):
-        return [f"model.objective={format_value(plain(name))} must be one of "
-                f"{', '.join(OBJECTIVES)} (or the dotted path of an Objective class)"]
+        return [
+            f"model.objective={format_value(plain(name))} must be one of "
+            f"{', '.join(OBJECTIVES)} (or the dotted path of an Objective class)"
+        ]
     try:
         cls = get_objective(name)
     except VaelabError as err:
         return [str(err)]
     given = plain(OmegaConf.select(cfg, "model.objective_args", default=None)) or {}
     if not isinstance(given, dict):
-        return [f"model.objective_args={format_value(given)} must be a mapping of the "
-                "objective's arguments, e.g. {tc_weight: 4}"]
+        return [
+            f"model.objective_args={format_value(given)} must be a mapping of the "
+            "objective's arguments, e.g. {tc_weight: 4}"
+        ]
     accepted = objective_arguments(cls)
     return [
         f"model.objective_args.{key}: objective {name!r} has no argument {key!r} (its "
