@@ -162,6 +162,6 @@ def test_eval_with_missing_or_broken_checkpoint_says_so(tmp_path):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
     cfg = compose_eval([f"ckpt_path={broken}"], tmp_path)
-    with pytest.raises(VaelabError, match=r"broken.ckpt is not a readable VAELitModule") as err:
+    with pytest.raises(VaelabError, match=r"broken.ckpt: not a PyTorch checkpoint") as err:
         evaluate(cfg)
-    assert "checkpoint (UnpicklingError " in str(err.value)  # names what went wrong
+    assert "truncated (UnpicklingError " in str(err.value)  # names what went wrong

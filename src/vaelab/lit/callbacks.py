@@ -392,7 +392,7 @@ class ProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        steps = pl_module.hparams.get("steps_per_call", 1)
+        steps = getattr(pl_module, "steps_per_call", 1)
         if steps > 1 and self.train_progress_bar is not None:  # it counts calls, not steps
             self.train_progress_bar.set_description(
                 f"Epoch {trainer.current_epoch} (calls of {steps} steps)"

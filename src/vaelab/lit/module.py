@@ -4,6 +4,8 @@ and logs exact per-image means per split."""
 from __future__ import annotations
 
 import importlib
+import inspect
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -19,6 +21,8 @@ from vaelab.science.bounds import ElboTerms
 from vaelab.science.distributions import flatten
 from vaelab.science.objectives import ObjectiveInput, ObjectiveOutput, build_objective
 from vaelab.science.schedules import kl_weight
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 TERMS = ElboMeans.TERMS
@@ -37,6 +41,51 @@ def build_net(target: str, arguments: dict) -> nn.Module:
             f"model.net={target!r} cannot be imported ({err}); name a class such as {DEFAULT_NET}"
         ) from None
     return cls(**arguments)
+
+
+def module_arguments(cls: type) -> tuple[str, ...] | None:
+    """The constructor arguments that LightningModule class ``cls`` keeps for itself, not its
+    network's: for ``VAELitModule`` and its subclasses, those of each ``__init__`` from
+    ``cls`` down to ``VAELitModule``'s (a subclass passes the others on with ``**kwargs``),
+    ``net`` aside; for another class, its ``__init__``'s. None where an ``__init__`` takes
+    ``**kwargs`` that reach no known constructor (its arguments cannot be listed)."""
+    names: list[str] = []
+    for owner in cls.__mro__:
+        if "__init__" not in vars(owner):
+            continue
+        try:
+            params = inspect.signature(owner.__init__).parameters
+        except (TypeError, ValueError):
+            return None
+        names += [
+            n
+            for n, p in params.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if owner is VAELitModule:
+            return tuple(dict.fromkeys(n for n in names if n != "net"))
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return tuple(dict.fromkeys(names))
+    return None
+
+
+def class_path(obj: object) -> str:
+    """The dotted path of ``obj``'s class (what a ``_target_`` names)."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def optimizer_count(configured) -> int:
+    """How many optimizers a ``configure_optimizers`` result holds (any of the forms
+    Lightning accepts: an optimizer, a dict, a list of either, or (optimizers, schedulers))."""
+    if configured is None:
+        return 0
+    if isinstance(configured, torch.optim.Optimizer | dict):
+        return 1
+    if isinstance(configured, tuple) and len(configured) == 2 and isinstance(configured[0], list):
+        return len(configured[0])
+    if isinstance(configured, list | tuple):
+        return sum(isinstance(c, torch.optim.Optimizer | dict) for c in configured)
+    return 1
 
 
 class VAELitModule(L.LightningModule):
@@ -116,6 +165,10 @@ class VAELitModule(L.LightningModule):
         self._clip: tuple[float | None, str | None] = (None, None)
         self._accumulate = 1
         self._epoch_steps = 0  # optimizer steps taken in this epoch (several steps per call)
+        # the steps each training_step call takes: model.steps_per_call, or 1 where several
+        # would not be the same computation (decided at the start of fit: _one_step_reason)
+        self.steps_per_call = int(steps_per_call)
+        self._several = False  # this module's multi-step loop runs the optimization
         self._direct = False  # the steps skip Lightning's per-step hooks (_steps_directly)
 
     def forward(self, x: torch.Tensor):
@@ -160,6 +213,11 @@ class VAELitModule(L.LightningModule):
         self._seed_noise()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the classes to rebuild from (eval.py, sample.py, resume): a subclass loads as itself
+        checkpoint["module_class"] = class_path(self)
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            checkpoint["datamodule_class"] = class_path(datamodule)
         if self.noise is not None:
             checkpoint["noise_generator"] = self.noise.get_state()
 
@@ -228,7 +286,7 @@ class VAELitModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         trainer = self.trainer
-        if self.automatic_optimization:
+        if not self._several:
             # the cyclical schedule's length, read once: Lightning recomputes it on each access
             self._total_steps = int(trainer.estimated_stepping_batches)
             # optimizer steps per epoch, for a warm-up given in epochs (kl_warmup_epochs)
@@ -285,7 +343,7 @@ class VAELitModule(L.LightningModule):
     @property
     def batches_per_call(self) -> int:
         """Batches of ``data.batch_size`` in one training_step call."""
-        return int(self.hparams.get("steps_per_call", 1)) * self._accumulate
+        return self.steps_per_call * self._accumulate
 
     def _epoch_batches(self) -> int:
         """Batches of ``data.batch_size`` in this rank's training epoch."""
@@ -295,8 +353,40 @@ class VAELitModule(L.LightningModule):
         return int(getattr(sampler, "num_batches", self.trainer.num_training_batches))
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.get("steps_per_call", 1) > 1:
+        if stage != "fit" or self.hparams.get("steps_per_call", 1) <= 1:
+            return
+        reason = self._one_step_reason()
+        if reason is None:
             self._take_over_optimization()
+            return
+        self.steps_per_call = 1
+        if self.global_rank == 0:
+            log.info(
+                "model.steps_per_call=%s: one optimizer step per training_step call, as "
+                "Lightning takes them (%s)",
+                self.hparams.steps_per_call,
+                reason,
+            )
+
+    def _one_step_reason(self) -> str | None:
+        """Why several optimizer steps per call would not be the computation this module and
+        data module describe (None: they would be): the module optimizes in its own way
+        (manual optimization, its own ``training_step``, several optimizers), or the data
+        module does not serve several batches per item (``train_batches_per_item``)."""
+        cls, name = type(self), type(self).__name__
+        if not self.automatic_optimization:
+            return f"{name} optimizes manually"
+        if cls.training_step is not VAELitModule.training_step:
+            return f"{name} overrides training_step"
+        if cls.configure_optimizers is not VAELitModule.configure_optimizers:
+            count = optimizer_count(self.configure_optimizers())
+            if count != 1:
+                return f"{name}.configure_optimizers returns {count} optimizers"
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "train_batches_per_item"):
+            what = "no data module" if datamodule is None else type(datamodule).__name__
+            return f"{what} serves one batch per item (no train_batches_per_item)"
+        return None
 
     def _take_over_optimization(self) -> None:
         """Switch to manual optimization for several steps per call: the Trainer's clipping and
@@ -321,11 +411,6 @@ class VAELitModule(L.LightningModule):
                 )
             trainer.val_check_interval = value // per_call
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "train_batches_per_item"):
-            raise VaelabError(
-                f"model.steps_per_call={n} needs a data module that serves several batches "
-                "per item (vaelab.data.MNISTDataModule); use model.steps_per_call=1"
-            )
         datamodule.train_batches_per_item = per_call
         # the data module's sampler keeps limit_train_batches in batches (the last call of an
         # epoch takes what is left); Lightning then takes every call it serves
@@ -335,6 +420,7 @@ class VAELitModule(L.LightningModule):
             trainer.limit_train_batches = 1.0
         self._batch_size = int(datamodule.batch_size)
         self.automatic_optimization = False
+        self._several = True
         # Lightning compares log_every_n_steps with the calls of an epoch; the steps are logged
         warnings.filterwarnings(
             "ignore", message=r"The number of training batches \(\d+\) is smaller than the log"
@@ -353,7 +439,7 @@ class VAELitModule(L.LightningModule):
         metric.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if not self.automatic_optimization:
+        if self._several:
             return self._several_steps(batch)
         x, _ = batch
         loss, terms, _ = self.training_loss(x)
@@ -439,7 +525,7 @@ class VAELitModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # several steps per call: the epoch's schedulers step after its last batch, before
         # validation, as Lightning steps them for automatic optimization
-        if not self.automatic_optimization:
+        if self._several:
             loop = self.trainer.fit_loop.epoch_loop
             if loop.batch_progress.current.ready == self.trainer.num_training_batches or (
                 loop.batch_progress.is_last_batch
@@ -476,7 +562,7 @@ class VAELitModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
-        if not self.automatic_optimization and not self.trainer.fit_loop.restarting:
+        if self._several and not self.trainer.fit_loop.restarting:
             self._step_schedulers("epoch", index=self.current_epoch, plateau=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -523,16 +609,18 @@ class VAELitModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
+        """The configured optimizer (``model.optimizer``) of the network's parameters, and the
+        configured learning-rate scheduler (``model.scheduler``) when there is one."""
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        optimizer = factory(params=self.parameters())
+        optimizer = factory(params=self.net.parameters())
         if getattr(optimizer, "_step_supports_amp_scaling", False) and self._clips_mixed():
             # Lightning refuses to clip a fused optimizer's gradients under mixed precision
             # (it would unscale them inside its step); the unfused step is the same maths
-            optimizer = factory(params=self.parameters(), fused=False)
+            optimizer = factory(params=self.net.parameters(), fused=False)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         config = {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch"}
-        if not self.automatic_optimization:  # stepped by _step_schedulers, which knows MONITOR
+        if self._several:  # stepped by _step_schedulers, which knows MONITOR
             del config["monitor"]
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -19,13 +19,34 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import VaelabError
 from vaelab.lit.checkpoint_io import remove_stale_temporaries
-from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net
+from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net, module_arguments
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-# the LightningModule's own arguments; the others are the network's (``net`` and its arguments)
-MODULE_ARGUMENTS = frozenset(inspect.signature(VAELitModule.__init__).parameters) - {"net"}
+# VAELitModule's own arguments; the others are the network's (``net`` and its arguments)
+MODULE_ARGUMENTS = frozenset(module_arguments(VAELitModule))
+DEFAULT_MODULE = "vaelab.lit.module.VAELitModule"
+
+
+def module_class(checkpoint: Mapping[str, Any], key: str, path: str | Path) -> type:
+    """The LightningModule class a checkpoint was saved from (``VAELitModule`` for one that
+    does not say), or one VaelabError naming it when it cannot be imported."""
+    target = checkpoint.get("module_class", DEFAULT_MODULE)
+    try:
+        cls = get_object(target)
+    except Exception as err:  # noqa: BLE001 - any import failure: the same advice
+        raise VaelabError(
+            f"{key}={path} was saved from {target}, which cannot be imported here "
+            f"({error_reason(err)}); run where its package is installed"
+        ) from None
+    return cls
+
+
+def own_arguments(cls: type) -> frozenset[str]:
+    """The arguments of LightningModule class ``cls`` that are not its network's."""
+    found = module_arguments(cls)
+    return frozenset(MODULE_ARGUMENTS if found is None else found)
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
@@ -116,6 +137,7 @@ def check_architecture(
     change on the meta device, so any variant's arguments are covered); log the other
     hyperparameters that differ (beta, likelihood, ...: they load but change the objective)."""
     saved = checkpoint["hyper_parameters"]
+    own = own_arguments(module_class(checkpoint, key, path))
     differ = {
         name: (_plain(model_cfg[name]), _plain(saved[name]))
         for name in saved
@@ -130,17 +152,17 @@ def check_architecture(
         for key, value in model_cfg.items()
         if key not in saved
         and not key.startswith("_")
-        and key not in MODULE_ARGUMENTS
+        and key not in own
         and _plain(value) != _plain(defaults.get(key, _ABSENT))
     }
-    saved_net = {k: _plain(v) for k, v in saved.items() if k not in MODULE_ARGUMENTS}
+    saved_net = {k: _plain(v) for k, v in saved.items() if k not in own}
     weights = {
         k.removeprefix("net."): tuple(v.shape)
         for k, v in checkpoint["state_dict"].items()
         if k.startswith("net.")
     }
     shapes = []
-    for name in (k for k in differ if k not in MODULE_ARGUMENTS):
+    for name in (k for k in differ if k not in own):
         try:
             if net_shapes({**saved_net, name: differ[name][0]}) != weights:
                 shapes.append(name)

@@ -269,17 +269,18 @@ def argument_problems(cfg: DictConfig) -> list[str]:
             continue
         params = _parameters(obj)
         owner = target
-        if params is None and isinstance(node.get("net"), str):
-            try:
-                net_params = _net_parameters(get_object(node["net"]))
-            except Exception as err:  # noqa: BLE001
-                problems.append(_import_problem(f"{prefix}net", node["net"], err))
-                continue
-            own = [
-                p for p, v in inspect.signature(obj).parameters.items() if v.kind != v.VAR_KEYWORD
-            ]
-            params = None if net_params is None else [*own, *net_params]
-            owner = f"{target} with net={node['net']}"
+        if isinstance(node.get("net"), str) and isinstance(obj, type):
+            from vaelab.lit.module import VAELitModule, module_arguments
+
+            own = module_arguments(obj) if issubclass(obj, VAELitModule) else None
+            if own is not None:  # its own arguments, then the network's
+                try:
+                    net_params = _net_parameters(get_object(node["net"]))
+                except Exception as err:  # noqa: BLE001
+                    problems.append(_import_problem(f"{prefix}net", node["net"], err))
+                    continue
+                params = None if net_params is None else ["net", *own, *net_params]
+                owner = f"{target} with net={node['net']}"
         if params is None:
             continue
         for key in node:
@@ -349,17 +350,23 @@ def network_problems(cfg: DictConfig) -> list[str]:
     that do not fit ``model.latent_dim``, ...), found by building it on the meta device (no
     memory, no initialisation) before the run seeds, loads data or builds anything else.
     Any other failure is left to the build, which reports it as before."""
-    from vaelab.runs.checkpoints import MODULE_ARGUMENTS, net_shapes
+    from vaelab.lit.module import VAELitModule
+    from vaelab.runs.checkpoints import net_shapes, own_arguments
 
     model = cfg.get("model")
-    if not isinstance(model, DictConfig) or not str(model.get("_target_", "")).endswith(
-        "VAELitModule"
-    ):
+    if not isinstance(model, DictConfig) or "_target_" not in model:
         return []
+    try:
+        cls = get_object(model._target_)
+    except Exception:  # noqa: BLE001 - reported by argument_problems
+        return []
+    if not (isinstance(cls, type) and issubclass(cls, VAELitModule)):
+        return []
+    own = own_arguments(cls)
     args = {
         k: v
         for k, v in OmegaConf.to_container(model, resolve=True).items()
-        if not k.startswith("_") and k not in MODULE_ARGUMENTS
+        if not k.startswith("_") and k not in own
     }
     if "onednn_linear" in args:
         args["onednn_linear"] = False  # the shapes do not depend on it; auto would time kernels

@@ -13,17 +13,19 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import TensorDataset
 
+from vaelab.data.datamodule import InMemoryImages, MNISTDataModule
 from vaelab.data.files import ensure_files, load_split
 from vaelab.errors import VaelabError
 from vaelab.evaluation import metrics as M
 from vaelab.evaluation.classifier import Images, classify
 from vaelab.lit.callbacks import EvaluationMetrics
 from vaelab.lit.classifier import cache_dirs, load_or_train
-from vaelab.lit.module import VAELitModule
-from vaelab.runs.checkpoints import error_reason, read_checkpoint
+from vaelab.runs.checkpoints import error_reason, module_class, read_checkpoint
 from vaelab.runs.eval_report import make_figures, print_table, write_figures, write_tensorboard
 from vaelab.runs.report import write_metrics
 
@@ -51,8 +53,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(ckpt_path: str | None, device: torch.device) -> VAELitModule:
-    """The VAELitModule of a train.py checkpoint, in eval mode on ``device``."""
+def load_model(ckpt_path: str | None, device: torch.device) -> L.LightningModule:
+    """The LightningModule of a train.py checkpoint (``VAELitModule`` or the subclass it was
+    saved from), in eval mode on ``device``."""
     if not ckpt_path:
         raise VaelabError(f"ckpt_path is required: pass ckpt_path={CKPT_HINT}")
     path = Path(ckpt_path).expanduser()
@@ -61,13 +64,16 @@ def load_model(ckpt_path: str | None, device: torch.device) -> VAELitModule:
             f"ckpt_path={ckpt_path} does not exist; pass a checkpoint written by train.py, "
             f"e.g. {CKPT_HINT}"
         )
-    try:
-        model = VAELitModule.load_from_checkpoint(path, map_location=device)
+    cls = module_class(read_checkpoint(path, "ckpt_path"), "ckpt_path", ckpt_path)
+    try:  # the class the checkpoint was saved from: a subclass loads as itself
+        model = cls.load_from_checkpoint(path, map_location=device)
+    except VaelabError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure means: not a usable checkpoint
         reason = error_reason(err)
         raise VaelabError(
-            f"ckpt_path={ckpt_path} is not a readable VAELitModule checkpoint ({reason}); "
-            "pass one written by train.py"
+            f"ckpt_path={ckpt_path}: {cls.__name__} cannot be rebuilt from it ({reason}); "
+            "pass a checkpoint written by train.py with this version of the code"
         ) from None
     return model.eval().to(device)
 
@@ -86,13 +92,42 @@ def saved_data_settings(ckpt_path: str | Path) -> dict:
     return dict(checkpoint.get("datamodule_hyper_parameters") or {})
 
 
+def saved_data_class(ckpt_path: str | Path) -> str | None:
+    """The class path of the data module a train.py checkpoint was trained with (None in
+    older ones)."""
+    return read_checkpoint(ckpt_path, "ckpt_path").get("datamodule_class")
+
+
+def same_class(a: str, b: str | None) -> bool:
+    """Whether the dotted paths ``a`` and ``b`` name the same class (a class is often
+    re-exported: ``vaelab.data.MNISTDataModule``)."""
+    if b is None:
+        return False
+    try:
+        return a == b or get_object(a) is get_object(b)
+    except Exception:  # noqa: BLE001 - one of them does not import: not the same
+        return False
+
+
 def data_config(cfg: DictConfig) -> DictConfig:
     """``cfg.data`` with the data set and binarization of the checkpoint's training run, except
-    where the command line sets them (``data=...`` or ``data.<key>=...``)."""
+    where the command line sets them (``data=...`` or ``data.<key>=...``). A checkpoint
+    trained with another data module class than ``cfg.data``'s is given that data module,
+    built from its saved arguments (``data=...`` on the command line chooses another)."""
     data = cfg.data.copy()
-    saved = saved_data_settings(cfg.ckpt_path) if cfg.get("data_from_checkpoint", True) else {}
+    from_checkpoint = cfg.get("data_from_checkpoint", True)
+    saved = saved_data_settings(cfg.ckpt_path) if from_checkpoint else {}
     given = command_line_keys()
-    if not saved or "data" in given:
+    if "data" in given:
+        return data
+    target = saved_data_class(cfg.ckpt_path) if from_checkpoint else None
+    if target is not None and not same_class(target, data.get("_target_")):
+        log.info("Data module of the checkpoint: %s", target)
+        rebuilt = OmegaConf.create({"_target_": target, **saved})
+        for key in (k.removeprefix("data.") for k in given if k.startswith("data.")):
+            OmegaConf.update(rebuilt, key, OmegaConf.select(data, key), force_add=True)
+        return rebuilt
+    if not saved:
         return data
     taken = {
         key: saved[key]
@@ -108,17 +143,43 @@ def data_config(cfg: DictConfig) -> DictConfig:
     return data
 
 
-def load_data(cfg: DictConfig, model: VAELitModule):
+class TestImages:
+    """The test split of any data module (its ``test_dataloader``'s data set), indexed by a
+    tensor of positions: ``test[indices]`` -> (x [B, *image], y [B])."""
+
+    def __init__(self, datamodule: L.LightningDataModule) -> None:
+        self.dataset = datamodule.test_dataloader().dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.dataset, InMemoryImages | TensorDataset):  # whole batches at once
+            return self.dataset[indices.to(getattr(self.dataset, "images", indices).device)]
+        items = [self.dataset[int(i)] for i in indices]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        return x, torch.as_tensor([int(item[1]) for item in items])
+
+
+def load_data(cfg: DictConfig, model: L.LightningModule):
     """The datamodule of the checkpoint's data (``data_config``), set up for testing, after
     checking its images fit the model."""
-    datamodule = instantiate(data_config(cfg), _convert_="all")
+    try:
+        datamodule = instantiate(data_config(cfg), _convert_="all")
+    except InstantiationException as err:
+        raise VaelabError(
+            f"ckpt_path={cfg.ckpt_path}: its data module cannot be rebuilt "
+            f"({error_reason(err.__cause__ or err)}); give data=<option> for the data it was "
+            "trained on"
+        ) from None
     datamodule.prepare_data()
     datamodule.setup("test")
-    image_shape = (1, *datamodule.data_test.images.shape[1:])
+    image_shape = tuple(TestImages(datamodule)[torch.tensor([0])][0].shape[1:])
     if tuple(model.net.input_shape) != image_shape:
+        name = datamodule.hparams.get("dataset", type(datamodule).__name__)
         raise VaelabError(
             f"the checkpoint's model takes images {tuple(model.net.input_shape)} but "
-            f"data {datamodule.dataset} has {image_shape}; evaluate on the data it was trained on"
+            f"data {name} has {image_shape}; evaluate on the data it was trained on"
         )
     return datamodule
 
@@ -172,7 +233,8 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` on the test set of its data; return the metrics."""
     model = load_model(cfg.get("ckpt_path"), torch.device("cpu"))
     datamodule = load_data(cfg, model)
-    datamodule.eval_batch_size = int(cfg.batch_size)
+    if hasattr(datamodule, "eval_batch_size"):
+        datamodule.eval_batch_size = int(cfg.batch_size)
     out_dir = Path(cfg.paths.output_dir)
     callback = EvaluationMetrics(
         nll_k=int(cfg.nll.k),
@@ -202,11 +264,18 @@ def evaluate(cfg: DictConfig) -> dict:
     device = trainer.strategy.root_device
     model.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    test = datamodule.data_test
     n = metrics["num_test_images"]
 
     samples = None
-    if cfg.sample_quality.enabled:
+    mnist_format = isinstance(datamodule, MNISTDataModule)
+    if cfg.sample_quality.enabled and not mnist_format:
+        log.info(
+            "sample_quality: skipped; its digit classifier trains on MNIST-format files "
+            "(vaelab.data.MNISTDataModule), and this data module is %s",
+            type(datamodule).__name__,
+        )
+    if cfg.sample_quality.enabled and mnist_format:
+        test = datamodule.data_test
         start = time.perf_counter()
         train = training_images(datamodule)
         classifier, info = classifier_for(cfg, datamodule, train)

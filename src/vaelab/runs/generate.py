@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
 from vaelab.evaluation.plotting import grid_figure, image_grid, save_figure
-from vaelab.runs.evaluate import load_data, load_model, resolve_device
+from vaelab.runs.evaluate import TestImages, load_data, load_model, resolve_device
 from vaelab.science.distributions import flatten, unflatten
 from vaelab.science.latent import interpolate, latent_group
 
@@ -69,7 +69,7 @@ def generate(cfg: DictConfig) -> dict[str, Path]:
         raise VaelabError(f"num_samples={cfg.num_samples} must be at least 1")
     device = resolve_device(cfg.get("device", "auto"))
     model = load_model(cfg.get("ckpt_path"), device)
-    test = load_data(cfg, model).data_test
+    test = TestImages(load_data(cfg, model))
     net = model.net
     _check_layer(net, cfg.interpolation.get("layer"))  # before any image is written
     out_dir = Path(cfg.paths.output_dir)

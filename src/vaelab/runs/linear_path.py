@@ -13,13 +13,13 @@ log file (``train.log``) in one line, and the checkpoint keeps the resolved valu
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net
+from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net, module_arguments
 from vaelab.science.fast_linear import choose_onednn_linear, linear_shapes
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def resolve_onednn_linear(cfg: DictConfig) -> dict:
 def model_linear_shapes(model: DictConfig) -> list[tuple[int, int]]:
     """The (in, out) sizes of the linear layers of the network ``model`` describes, from a
     copy built on the meta device (no memory, no random draws)."""
-    own = set(inspect.signature(VAELitModule.__init__).parameters)
+    own = own_keys(model)
     arguments = {
         k: v
         for k, v in OmegaConf.to_container(model, resolve=True).items()
@@ -82,6 +82,17 @@ def model_linear_shapes(model: DictConfig) -> list[tuple[int, int]]:
     with torch.device("meta"):
         net = build_net(model.get("net", DEFAULT_NET), arguments)
     return linear_shapes(net)
+
+
+def own_keys(model: DictConfig) -> frozenset[str]:
+    """The keys of ``model`` that its ``_target_`` (``VAELitModule`` or a subclass) keeps for
+    itself rather than passing on to the network."""
+    cls = VAELitModule
+    if model.get("_target_"):
+        found = get_object(model._target_)
+        if isinstance(found, type) and issubclass(found, VAELitModule):
+            cls = found
+    return frozenset((module_arguments(cls) or module_arguments(VAELitModule)) + ("net",))
 
 
 def log_to_file(message: str) -> None:

@@ -94,7 +94,8 @@ def unknown_key_error(
     if not key.startswith("hydra"):
         tree.pop("hydra", None)
     close = difflib.get_close_matches(key, _keys(tree), n=3, cutoff=0.8)
-    hint = f"did you mean {' or '.join(close)}?" if close else "python train.py --help lists them"
+    script = {"eval": "eval.py", "sample": "sample.py"}.get(config_name, "train.py")
+    hint = f"did you mean {' or '.join(close)}?" if close else f"python {script} --help lists them"
     return VaelabError(f"{shown}: the config has no key {key}; {hint}")
 
 

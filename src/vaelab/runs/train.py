@@ -129,6 +129,7 @@ def build(
             raise
         raise cause from None
     callbacks = [*instantiate_group(cfg.get("callbacks")), FitTime()]
+    aside = automatic_only_settings(model, cfg.trainer)
     step = resumed_step(resume_from)
     loggers = [
         instantiate(conf, purge_step=step + 1)
@@ -142,7 +143,7 @@ def build(
     watched = {"strategy": DDPStrategy()} if strategy == "ddp" else {}
     try:
         trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, **watched
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, **watched, **aside
         )
     except InstantiationException as err:  # e.g. the strategy refusing a value: its own line
         cause = vaelab_cause(err)
@@ -150,6 +151,32 @@ def build(
             raise
         raise cause from None
     return datamodule, model, trainer
+
+
+# Trainer settings that Lightning applies only under automatic optimization (it refuses them
+# for a module that optimizes manually), and the values that turn them off
+AUTOMATIC_ONLY = {"gradient_clip_val": None, "accumulate_grad_batches": 1}
+
+
+def automatic_only_settings(model: L.LightningModule, trainer_cfg: DictConfig) -> dict:
+    """For a module that optimizes manually (``automatic_optimization = False`` in its
+    constructor, as Lightning's GAN example), the Trainer settings of ``AUTOMATIC_ONLY``
+    turned off, each said in one line: such a module clips (``self.clip_gradients``) and
+    accumulates in its own ``training_step``. {} for any other module."""
+    if model.automatic_optimization:
+        return {}
+    aside = {}
+    for key, off in AUTOMATIC_ONLY.items():
+        value = trainer_cfg.get(key)
+        if value not in (off, None, 0):
+            aside[key] = off
+            log.info(
+                "trainer.%s=%s set aside: %s optimizes manually (in its own training_step)",
+                key,
+                value,
+                type(model).__name__,
+            )
+    return aside
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
