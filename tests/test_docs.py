@@ -348,9 +348,9 @@ GROUP_DIRS = sorted(
 )
 
 
-# groups whose options are extensions (a variant, an objective): a file that documents itself
-# needs no edit of docs/configuration.md
-SELF_DOCUMENTING = ("model", "objective")
+# groups whose options are extensions (a variant, an objective, a data module): a file that
+# documents itself needs no edit of docs/configuration.md
+SELF_DOCUMENTING = ("model", "objective", "data")
 
 
 def commented_keys(path: Path) -> tuple[bool, set[str]]:

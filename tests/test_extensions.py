@@ -1,6 +1,7 @@
 """The shipped extension examples, one per kind, run as a user runs them, with the default
 settings: an objective (objective=beta_tcvae), a LightningModule subclass with a second
-optimizer (model=vaegan) and a data module of one .npz file (data=npz). Each trains,
+optimizer (model=vaegan), a data module of one .npz file (data=npz) and a likelihood with a
+learned parameter (model.likelihood=learned_gaussian). Each trains,
 evaluates, samples, sweeps, and resumes after SIGTERM with the result of an uninterrupted
 run; and what the machinery reads of a configured class, it reads of that class."""
 
@@ -18,6 +19,7 @@ import torch
 from conftest import CONFIG_DIR, compose_train, run_script, synthetic_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.data.npz import write_npz
 from vaelab.errors import TrainingInterrupted, VaelabError
@@ -28,6 +30,7 @@ from vaelab.runs.generate import generate
 from vaelab.runs.linear_path import model_linear_shapes
 from vaelab.runs.train import train
 
+KINDS = ["objective", "module", "data", "likelihood"]
 SMALL = ["model.hidden_dims=[32]", "model.latent_dim=4", "callbacks.figures.every_n_epochs=1"]
 
 
@@ -41,6 +44,7 @@ def example_overrides(kind: str, npz_file: Path) -> list[str]:
         "objective": ["objective=beta_tcvae"],
         "module": ["model=vaegan", "model.disc_hidden=32"],
         "data": ["data=npz", f"data.path={npz_file}", "data.val_size=100", "data.batch_size=64"],
+        "likelihood": ["model.likelihood=learned_gaussian"],
     }[kind]
 
 
@@ -71,7 +75,7 @@ def compose_eval(name: str, overrides: list[str], out: Path):
     return cfg
 
 
-@pytest.mark.parametrize("kind", ["objective", "module", "data"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_each_example_trains_evaluates_samples_and_resumes(
     kind, synthetic_root, npz_file, tmp_path, caplog
 ):
@@ -83,6 +87,13 @@ def test_each_example_trains_evaluates_samples_and_resumes(
         assert math.isfinite(whole["train/d_loss_last"])
     if kind == "objective":
         assert math.isfinite(whole["train/tc_last"])
+    if kind == "likelihood":  # its own picture, every epoch and as a PNG
+        run = tmp_path / "whole" / "run"
+        assert (run / "figures" / "likelihood.png").stat().st_size > 0
+        events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        images = [e.step for e in events.Images("val/likelihood")]
+        assert len(images) == 2 and images == [e.step for e in events.Scalars("val/loss")]
     if kind in ("module", "data"):  # several steps per call step aside, in one line
         assert "model.steps_per_call=16: one optimizer step per training_step call" in caplog.text
 
@@ -112,7 +123,7 @@ def test_each_example_trains_evaluates_samples_and_resumes(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["objective", "module", "data"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_each_example_sweeps(kind, synthetic_root, npz_file, tmp_path):
     overrides = [*synthetic_overrides(synthetic_root, tmp_path), "model.hidden_dims=[32]"]
     if kind == "data":

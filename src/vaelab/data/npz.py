@@ -64,10 +64,12 @@ class NpzDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         with np.load(Path(self.hparams.path).expanduser()) as arrays:
-            train = TensorDataset(as_images(arrays["x_train"]), torch.from_numpy(arrays["y_train"]))
             self.data_test = TensorDataset(
                 as_images(arrays["x_test"]), torch.from_numpy(arrays["y_test"])
             )
+            if stage == "test":
+                return
+            train = TensorDataset(as_images(arrays["x_train"]), torch.from_numpy(arrays["y_train"]))
         val_size = self.hparams.val_size
         if not 0 < val_size < len(train):
             raise VaelabError(

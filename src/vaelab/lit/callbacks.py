@@ -217,13 +217,19 @@ class VAEFigures(L.Callback):
         path = unflatten(interpolate(pair[0], pair[1], self.interpolation_steps), net.latent_sizes)
         mu, labels = self._latent_points(trainer, net)
         nrow = math.ceil(math.sqrt(self.num_samples))
-        return {
+        out = {
             "reconstructions": image_grid(torch.cat([x, recon]), nrow=len(x)),
             "samples": image_grid(net.sample(self.num_samples, generator), nrow=nrow),
             "interpolation": image_grid(net.decode(path), nrow=self.interpolation_steps),
             "latent_points": project_2d(mu),
             "latent_labels": labels,
         }
+        # the likelihood's own picture, where it has one (Likelihood.picture)
+        picture = getattr(net.likelihood, "picture", lambda: None)()
+        if picture is not None:
+            out["likelihood"] = image_grid(picture.cpu().unsqueeze(0), nrow=1)
+            out["likelihood_title"] = net.likelihood.picture_title
+        return out
 
     def _latent_title(self, pl_module: L.LightningModule, epoch: int | None) -> str:
         net = pl_module.net
@@ -263,8 +269,9 @@ class VAEFigures(L.Callback):
         if self._latent_plot is None:
             self._latent_plot = LatentSpacePlot(self._latent_title(pl_module, None))
         self._logged_epoch = epoch  # tried: never twice at one step
-        for name in ("reconstructions", "samples", "interpolation"):
-            add_png(writers, f"val/{name}", encode_png(out[name]), out[name].shape, step)
+        for name in ("reconstructions", "samples", "interpolation", "likelihood"):
+            if name in out:
+                add_png(writers, f"val/{name}", encode_png(out[name]), out[name].shape, step)
         plot = self._latent_plot
         png = plot.png(out["latent_points"], out["latent_labels"])
         add_png(writers, "val/latent_space", png, plot.shape, step)
@@ -373,6 +380,8 @@ class VAEFigures(L.Callback):
             "samples": "Samples from the prior",
             "interpolation": "Interpolation between two test digits",
         }
+        if "likelihood" in out:
+            titles["likelihood"] = out["likelihood_title"]
         try:
             for name, title in titles.items():
                 save_figure(grid_figure(out[name], title), self.figure_dir / f"{name}.png")

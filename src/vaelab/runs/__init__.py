@@ -4,7 +4,8 @@ terminal reports).
 
 Importing it registers the resolvers the configs use: ``${vaelab_root:}`` (``configs/paths``)
 ``${vaelab_tensorboard_dir:<run dir>}`` (``configs/logger``), and ``${vaelab_job_record:..}``
-and ``${vaelab_job_log:..}`` (``configs/hydra``: what a sweep job run again writes)."""
+and ``${vaelab_job_log:..}`` (``configs/hydra``: what a sweep job run again writes), and
+``${vaelab_options:<group>}`` (the help texts of eval.py and sample.py: a group's options)."""
 
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def project_root() -> str:
     return str(Path.cwd())
 
 
+def group_options(group: str) -> str:
+    """The options of the config group ``group`` (the files of ``configs/<group>/``), comma
+    separated: what a help text lists, read from the folder (``${vaelab_options:data}``)."""
+    folder = Path(project_root()) / "configs" / group
+    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+
+
+if not OmegaConf.has_resolver("vaelab_options"):
+    OmegaConf.register_new_resolver("vaelab_options", group_options)
 if not OmegaConf.has_resolver("vaelab_root"):
     OmegaConf.register_new_resolver("vaelab_root", project_root)
 if not OmegaConf.has_resolver("vaelab_tensorboard_dir"):

@@ -324,6 +324,29 @@ def objective_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def likelihood_problems(cfg: DictConfig) -> list[str]:
+    """``model.likelihood_args`` that the registered likelihood's constructor does not take
+    (an unknown ``model.likelihood`` is the value rule's)."""
+    from vaelab.science.likelihoods import LIKELIHOODS, likelihood_arguments
+
+    name = OmegaConf.select(cfg, "model.likelihood", default=None)
+    given = plain(OmegaConf.select(cfg, "model.likelihood_args", default=None)) or {}
+    if name not in LIKELIHOODS:
+        return []
+    if not isinstance(given, dict):
+        return [
+            f"model.likelihood_args={format_value(given)} must be a mapping of the "
+            "likelihood's arguments, e.g. {per_pixel: false}"
+        ]
+    accepted = likelihood_arguments(LIKELIHOODS[name])
+    return [
+        f"model.likelihood_args.{key}: likelihood {name!r} has no argument {key!r} (its "
+        f"arguments: {', '.join(accepted) or 'none'})"
+        for key in given
+        if key not in accepted
+    ]
+
+
 def architecture_problems(cfg: DictConfig) -> list[str]:
     """What the conv architecture needs of the other model keys: two stride-2 convolutions
     (``hidden_dims=[c1, c2]``) on images whose height and width divide by 4."""
@@ -409,7 +432,7 @@ def time_budget_problems(cfg: DictConfig) -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     """Raise one VaelabError listing every bad value (one line each), or return."""
     problems = value_problems(cfg) + architecture_problems(cfg) + argument_problems(cfg)
-    problems += objective_problems(cfg)
+    problems += objective_problems(cfg) + likelihood_problems(cfg)
     if not problems:  # (a value refused above may not even build)
         problems += network_problems(cfg)
     problems += accelerator_problems(cfg) + time_budget_problems(cfg)

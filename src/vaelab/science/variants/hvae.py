@@ -100,6 +100,7 @@ class HVAE(LatentVariableModel):
         architecture: str = "mlp",
         batch_norm: bool = False,
         likelihood: str = "bernoulli",
+        likelihood_args: dict | None = None,
         onednn_linear: bool | str = True,
     ) -> None:
         super().__init__()
@@ -122,7 +123,7 @@ class HVAE(LatentVariableModel):
                 f"one size per list (e.g. model.latent_dim={_text(fit_sizes)})"
             )
         self.input_shape = tuple(input_shape)
-        self.likelihood = get_likelihood(likelihood)
+        self.likelihood = get_likelihood(likelihood, self.input_shape, likelihood_args)
         names = [f"z{i + 1}" for i in range(len(sizes))]
         self.latent_sizes = dict(zip(names, sizes, strict=True))
         linear = OneDNNLinear if onednn_linear else nn.Linear

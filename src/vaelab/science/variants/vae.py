@@ -25,8 +25,9 @@ class VAE(LatentVariableModel):
 
     ``architecture``: ``mlp`` (``hidden_dims`` are layer widths) or ``conv`` (two stride-2
     convolutions with ``hidden_dims`` = [c1, c2] channels); ``activation``: of the hidden
-    layers (``vaelab.science.networks.ACTIVATIONS``). ``likelihood``: ``bernoulli``,
-    ``gaussian`` or ``continuous_bernoulli`` (``vaelab.science.likelihoods``).
+    layers (``vaelab.science.networks.ACTIVATIONS``). ``likelihood``: a name registered in
+    ``vaelab.science.likelihoods`` (``bernoulli``, ``gaussian``, ``continuous_bernoulli``,
+    ``learned_gaussian``, ...), built with ``likelihood_args``.
     ``onednn_linear``: fp32 linear layers on the CPU through oneDNN (same parameters and
     results; ``vaelab.science.fast_linear``); off: ``nn.Linear``; ``"auto"``: the faster of
     the two on this CPU for these layers at batch 128 (train.py decides at the run's batch
@@ -41,6 +42,7 @@ class VAE(LatentVariableModel):
         architecture: str = "mlp",
         batch_norm: bool = False,
         likelihood: str = "bernoulli",
+        likelihood_args: dict | None = None,
         onednn_linear: bool | str = True,
         activation: str = "relu",
     ) -> None:
@@ -52,7 +54,7 @@ class VAE(LatentVariableModel):
             )
         self.input_shape = tuple(input_shape)
         self.latent_sizes = {"z": latent_dim}
-        self.likelihood = get_likelihood(likelihood)
+        self.likelihood = get_likelihood(likelihood, self.input_shape, likelihood_args)
         self.activation = activation
         if onednn_linear == "auto":  # the layers' sizes from a copy on the meta device
             with torch.device("meta"):

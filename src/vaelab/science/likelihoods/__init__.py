@@ -1,25 +1,69 @@
-"""The decoder's likelihoods p(x|z): objects with one ``log_prob`` used by training,
-validation and the NLL alike. Pixels x lie in [0, 1]; the decoder outputs logits."""
+"""The decoder's likelihoods p(x|z): modules with one ``log_prob`` used by training,
+validation and the NLL alike. Pixels x lie in [0, 1]; the decoder outputs logits.
+
+A likelihood is registered by name with ``@register_likelihood("<name>")``; ``bernoulli``,
+``gaussian`` and ``continuous_bernoulli`` are here, and every other module of this folder is
+imported below, so a new likelihood is one file in it (``learned_gaussian.py``: one with a
+learned parameter). ``model.likelihood=<name>`` picks one and ``model.likelihood_args`` gives
+its constructor's arguments; it also receives the images' shape (``input_shape``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import pkgutil
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
 
+LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
-class Likelihood:
+
+def register_likelihood(name: str):
+    """Class decorator: ``model.likelihood=<name>`` builds this class."""
+
+    def register(cls: type[Likelihood]) -> type[Likelihood]:
+        if name in LIKELIHOODS and LIKELIHOODS[name] is not cls:
+            raise VaelabError(
+                f"likelihood {name!r} is registered twice ({LIKELIHOODS[name].__module__} and "
+                f"{cls.__module__}); give one of them another name"
+            )
+        cls.name = name
+        LIKELIHOODS[name] = cls
+        return cls
+
+    return register
+
+
+class Likelihood(nn.Module):
     """p(x|z) given the decoder's logits. Subclasses define ``log_prob`` and ``normalization``.
 
     ``log_prob(logits, x)``: logits [B, *image] -> [B], or [B, K, *image] (K decodings of each
     image) -> [B, K]; x [B, *image]. Nats, summed over pixels.
+
+    A module: a likelihood may hold parameters (trained with the network's, saved in its
+    checkpoint). ``input_shape``: the images' (C, H, W), for a parameter per pixel.
     """
 
     name = ""
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28)) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+
+    def picture(self) -> Tensor | None:
+        """An image [C, H, W] in [0, 1] of what the likelihood learned (a per-pixel scale, ...)
+        that the figures show every epoch as ``val/likelihood`` (and ``likelihood.png``), with
+        ``picture_title``; None (the default): nothing to show."""
+        return None
+
+    picture_title = ""
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -33,8 +77,8 @@ class Likelihood:
         importance-sampled NLL is a likelihood), and a note saying why (not)."""
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    def extra_repr(self) -> str:
+        return ""
 
 
 def _per_image(per_pixel: Tensor, logits: Tensor, x: Tensor) -> Tensor:
@@ -51,12 +95,11 @@ def _largest_divisor_up_to(n: int, limit: int) -> int:
     return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
 
 
+@register_likelihood("bernoulli")
 class Bernoulli(Likelihood):
     """log Bernoulli(x | sigmoid(logits)): minus the binary cross-entropy, from the logits
     (stable). A normalized density only for binary x; for grey levels it is the training loss
     of the reference script, not a likelihood."""
-
-    name = "bernoulli"
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         if logits.dim() == x.dim():
@@ -84,12 +127,11 @@ class Bernoulli(Likelihood):
         return False, "NOT a normalized likelihood: Bernoulli decoder on grey-level pixels"
 
 
+@register_likelihood("gaussian")
 class Gaussian(Likelihood):
     """Minus the squared error between x and sigmoid(logits), summed over pixels: the
     reference script's MSE variant, log N(x; mean, 1/2) without its constant
     (0.5 log pi per pixel). Not normalized: its "NLL" compares models with this likelihood only."""
-
-    name = "gaussian"
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         per_pixel = F.mse_loss(torch.sigmoid(logits), _expand_x(logits, x), reduction="none")
@@ -117,11 +159,10 @@ def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
     return torch.where(small, near, far)
 
 
+@register_likelihood("continuous_bernoulli")
 class ContinuousBernoulli(Likelihood):
     """log CB(x | logits) = log Bernoulli(x | sigmoid(logits)) + log C(logits): a normalized
     density of pixels in [0, 1], computed stably in float32 for any logits."""
-
-    name = "continuous_bernoulli"
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         xs = _expand_x(logits, x).to(logits.dtype)
@@ -132,13 +173,42 @@ class ContinuousBernoulli(Likelihood):
         return True, "normalized: continuous Bernoulli density of pixels in [0, 1]"
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli)
-}
+def likelihood_arguments(cls: type) -> list[str]:
+    """The arguments ``model.likelihood_args`` may give ``cls`` (``input_shape`` aside: the
+    variant passes it)."""
+    names: list[str] = []
+    for owner in cls.__mro__:
+        if "__init__" not in vars(owner) or owner in (nn.Module, object):
+            continue
+        params = inspect.signature(owner.__init__).parameters
+        names += [
+            n
+            for n, p in params.items()
+            if n not in ("self", "input_shape", *names)
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
 
 
-def get_likelihood(name: str) -> Likelihood:
-    """The likelihood called ``name`` (one of ``LIKELIHOODS``)."""
+def get_likelihood(
+    name: str, input_shape: Sequence[int] = (1, 28, 28), arguments: dict | None = None
+) -> Likelihood:
+    """The likelihood registered as ``name`` (``LIKELIHOODS``) for images of ``input_shape``,
+    built with ``arguments`` (``model.likelihood_args``)."""
     if name not in LIKELIHOODS:
         raise VaelabError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}")
-    return LIKELIHOODS[name]()
+    cls, arguments = LIKELIHOODS[name], dict(arguments or {})
+    accepted = likelihood_arguments(cls)
+    unknown = [a for a in arguments if a not in accepted]
+    if unknown:
+        raise VaelabError(
+            f"model.likelihood_args.{unknown[0]}: likelihood {name!r} has no argument "
+            f"{unknown[0]!r} (its arguments: {', '.join(accepted) or 'none'})"
+        )
+    return cls(input_shape=input_shape, **arguments)
+
+
+for _module in pkgutil.iter_modules(__path__):  # each file of this folder registers its own
+    importlib.import_module(f"{__name__}.{_module.name}")
