@@ -24,11 +24,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vaelab.data.npz import write_npz
 from vaelab.errors import TrainingInterrupted, VaelabError
 from vaelab.lit.vaegan import VAEGAN
+from vaelab.runs.checkpoints import net_shapes
 from vaelab.runs.config_checks import check_config
 from vaelab.runs.evaluate import evaluate, load_model
 from vaelab.runs.generate import generate
-from vaelab.runs.linear_path import model_linear_shapes
+from vaelab.runs.linear_path import model_linear_shapes, resolve_onednn_linear
 from vaelab.runs.train import train
+from vaelab.science.variants.vae import VAE
 
 KINDS = ["objective", "module", "data", "likelihood"]
 SMALL = ["model.hidden_dims=[32]", "model.latent_dim=4", "callbacks.figures.every_n_epochs=1"]
@@ -185,3 +187,21 @@ def test_eval_and_sample_errors_name_their_own_help():
     result = run_script("eval.py", ["nll.num_image=3"])
     assert result.returncode == 2
     assert "python eval.py --help lists them" in result.stderr
+
+
+class ComputesOnBuild(VAE):
+    """A variant whose constructor computes with a tensor, so it cannot run on the meta
+    device (as zuko's masked networks do)."""
+
+    def __init__(self, **vae_args) -> None:
+        super().__init__(**vae_args)
+        self.register_buffer("count", torch.tensor(int(torch.arange(3).sum().item())))
+
+
+def test_a_variant_that_cannot_be_built_on_the_meta_device_is_probed_on_the_cpu(tmp_path):
+    cfg = compose_train(["model.net=test_extensions.ComputesOnBuild", "model.hidden_dims=[16]"])
+    check_config(cfg)
+    assert (784, 16) in model_linear_shapes(cfg.model)
+    assert resolve_onednn_linear(cfg) in ({"onednn_linear": True}, {"onednn_linear": False})
+    shapes = net_shapes({"net": "test_extensions.ComputesOnBuild", "hidden_dims": [16]})
+    assert shapes["count"] == ()

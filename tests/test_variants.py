@@ -5,6 +5,7 @@ of a small model, seeded draws, the checkpoint's architecture check and the one-
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -261,8 +262,12 @@ def test_a_bad_variant_argument_is_one_error_line_before_training(
 
 @pytest.mark.parametrize("name", ["iaf", "hvae", "vampprior"])
 def test_each_variant_is_named_in_one_python_file_of_the_package(name):
+    # as a whole word: a variant called nsf is not named by "transform"
+    word = re.compile(rf"(?<![a-z0-9_]){re.escape(name)}(?![a-z0-9_])")
     files = [
-        p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if name in p.read_text().lower()
+        p.relative_to(SRC).as_posix()
+        for p in SRC.rglob("*.py")
+        if word.search(p.read_text().lower())
     ]
     assert files == [f"vaelab/science/variants/{name}.py"]
 

@@ -43,6 +43,21 @@ def build_net(target: str, arguments: dict) -> nn.Module:
     return cls(**arguments)
 
 
+def build_net_for_shapes(target: str, arguments: dict) -> nn.Module:
+    """The network ``build_net`` makes, for reading its layers' and weights' shapes: built on
+    the meta device (no memory, no initialisation), or on the CPU where its constructor
+    cannot run there (it computes with its tensors: ``.item()``, ``unique``, ...). A
+    ``VaelabError`` (a refused argument) is raised as it is."""
+    try:
+        with torch.device("meta"):
+            return build_net(target, arguments)
+    except VaelabError:
+        raise
+    except Exception:  # noqa: BLE001 - any meta-device failure: build it for real
+        with torch.device("cpu"):
+            return build_net(target, arguments)
+
+
 def module_arguments(cls: type) -> tuple[str, ...] | None:
     """The constructor arguments that LightningModule class ``cls`` keeps for itself, not its
     network's: for ``VAELitModule`` and its subclasses, those of each ``__init__`` from

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import VaelabError
 from vaelab.lit.checkpoint_io import remove_stale_temporaries
-from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net, module_arguments
+from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net_for_shapes, module_arguments
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ def net_shapes(net_args: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     arguments) builds, built on the meta device (no memory, no initialisation cost)."""
     args = dict(net_args)
     target = args.pop("net", DEFAULT_NET)
-    with torch.device("meta"):
-        net = build_net(target, args)
+    net = build_net_for_shapes(target, args)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net, module_arguments
+from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net_for_shapes, module_arguments
 from vaelab.science.fast_linear import choose_onednn_linear, linear_shapes
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def resolve_onednn_linear(cfg: DictConfig) -> dict:
 
 def model_linear_shapes(model: DictConfig) -> list[tuple[int, int]]:
     """The (in, out) sizes of the linear layers of the network ``model`` describes, from a
-    copy built on the meta device (no memory, no random draws)."""
+    copy built on the meta device (no memory, no random draws), or on the CPU where its
+    constructor cannot run on the meta device."""
     own = own_keys(model)
     arguments = {
         k: v
@@ -79,9 +80,7 @@ def model_linear_shapes(model: DictConfig) -> list[tuple[int, int]]:
         if k not in own and not k.startswith("_")
     }
     arguments["onednn_linear"] = False
-    with torch.device("meta"):
-        net = build_net(model.get("net", DEFAULT_NET), arguments)
-    return linear_shapes(net)
+    return linear_shapes(build_net_for_shapes(model.get("net", DEFAULT_NET), arguments))
 
 
 def own_keys(model: DictConfig) -> frozenset[str]:
