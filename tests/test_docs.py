@@ -350,7 +350,7 @@ GROUP_DIRS = sorted(
 
 # groups whose options are extensions (a variant, an objective, a data module): a file that
 # documents itself needs no edit of docs/configuration.md
-SELF_DOCUMENTING = ("model", "objective", "data")
+SELF_DOCUMENTING = ("model", "objective", "data", "likelihood")
 
 
 def commented_keys(path: Path) -> tuple[bool, set[str]]:

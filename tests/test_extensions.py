@@ -1,7 +1,7 @@
 """The shipped extension examples, one per kind, run as a user runs them, with the default
 settings: an objective (objective=beta_tcvae), a LightningModule subclass with a second
 optimizer (model=vaegan), a data module of one .npz file (data=npz) and a likelihood with a
-learned parameter (model.likelihood=learned_gaussian). Each trains,
+learned parameter (likelihood=learned_gaussian). Each trains,
 evaluates, samples, sweeps, and resumes after SIGTERM with the result of an uninterrupted
 run; and what the machinery reads of a configured class, it reads of that class."""
 
@@ -46,7 +46,7 @@ def example_overrides(kind: str, npz_file: Path) -> list[str]:
         "objective": ["objective=beta_tcvae"],
         "module": ["model=vaegan", "model.disc_hidden=32"],
         "data": ["data=npz", f"data.path={npz_file}", "data.val_size=100", "data.batch_size=64"],
-        "likelihood": ["model.likelihood=learned_gaussian"],
+        "likelihood": ["likelihood=learned_gaussian"],
     }[kind]
 
 
