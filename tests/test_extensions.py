@@ -1,9 +1,9 @@
 """The shipped extension examples, one per kind, run as a user runs them, with the default
 settings: an objective (objective=beta_tcvae), a LightningModule subclass with a second
 optimizer (model=vaegan), a data module of one .npz file (data=npz) and a likelihood with a
-learned parameter (likelihood=learned_gaussian). Each trains,
-evaluates, samples, sweeps, and resumes after SIGTERM with the result of an uninterrupted
-run; and what the machinery reads of a configured class, it reads of that class."""
+learned parameter (likelihood=learned_gaussian). Each trains, evaluates, samples and resumes
+after SIGTERM with the result of an uninterrupted run; the four together sweep; and what the
+machinery reads of a configured class, it reads of that class."""
 
 from __future__ import annotations
 
@@ -125,20 +125,26 @@ def test_each_example_trains_evaluates_samples_and_resumes(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_each_example_sweeps(kind, synthetic_root, npz_file, tmp_path):
-    overrides = [*synthetic_overrides(synthetic_root, tmp_path), "model.hidden_dims=[32]"]
-    if kind == "data":
-        overrides = [o for o in overrides if not o.startswith("data.")]
+def test_the_examples_sweep_together(synthetic_root, npz_file, tmp_path):
+    """A 2-job sweep of one model that is all four examples at once: a VAEGAN trained on
+    beta-TCVAE with a learned likelihood, on the .npz data."""
+    overrides = [
+        o for o in synthetic_overrides(synthetic_root, tmp_path) if not o.startswith("data.")
+    ]
+    examples = [o for kind in KINDS for o in example_overrides(kind, npz_file)]
     result = run_script(
         "train.py",
-        ["-m", "model.latent_dim=2,3", "trainer.max_epochs=1"]
-        + [*overrides, *example_overrides(kind, npz_file)],
+        ["-m", "model.latent_dim=2,3", "trainer.max_epochs=1", "model.hidden_dims=[32]"]
+        + [*overrides, *examples],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "train" / "multiruns").glob("*/*/metrics.json"))
     assert len(jobs) == 2
-    assert all(math.isfinite(json.loads(j.read_text())["test/loss"]) for j in jobs)
+    for job in jobs:
+        metrics = json.loads(job.read_text())
+        assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["train/tc_last"])
+        assert math.isfinite(metrics["train/d_loss_last"])
+        assert (job.parent / "figures" / "likelihood.png").is_file()
 
 
 def test_a_subclass_is_checked_by_its_own_arguments():
