@@ -27,7 +27,7 @@ from vaelab.science.distributions import (
     register_kl,
     unflatten,
 )
-from vaelab.science.variants.hvae import HVAE
+from vaelab.science.variants.hvae import HVAE, HierarchicalPosterior, HierarchicalPrior
 from vaelab.science.variants.iaf import IAF
 from vaelab.science.variants.vae import VAE
 from vaelab.science.variants.vampprior import VampPrior
@@ -369,3 +369,43 @@ def test_a_registered_exact_kl_is_used_by_the_elbo_and_the_per_dimension_statist
     mc = net.elbo(x, k=200_000, generator=torch.Generator().manual_seed(2))
     assert not mc.closed_form and mc.kl_parts["z"].shape == (5, 1)
     torch.testing.assert_close(mc.kl, exact.sum(1), atol=0.02, rtol=0)
+
+
+class ExactTopPosterior(HierarchicalPosterior):
+    """HVAE's bottom-up posterior, for a registration that knows its top layer's KL given the
+    layer below: KL(q(z_L | z_{L-1}) || N(0, I)) at the drawn z_{L-1}."""
+
+
+class ExactTopHVAE(HVAE):
+    def posterior(self, x):
+        q = super().posterior(x)
+        return ExactTopPosterior(q.first, q.nets, q.names)
+
+
+@register_kl(ExactTopPosterior, HierarchicalPrior, per_dimension=False, given_draws=True)
+def _exact_top_kl(q, p, z):
+    below, top = q.names[-2], q.names[-1]
+    mu, logvar = q.nets[-1](z[below]).chunk(2, dim=-1)
+    kl = kl_per_dimension(mu, logvar).sum(-1, keepdim=True)  # [B, 1] or [B, k, 1]
+    return {top: kl if kl.dim() == 2 else kl.mean(1)}
+
+
+@torch.no_grad()
+def test_a_kl_exact_given_the_draws_of_the_layers_above_is_used_with_those_draws():
+    torch.manual_seed(0)
+    net = ExactTopHVAE(**TINY, hidden_dims=[[8], [8]], latent_dim=[2, 2]).double()
+    x = torch.rand(4, 1, 2, 2, dtype=torch.float64).bernoulli()
+    parts = net.elbo(x, generator=torch.Generator().manual_seed(1))
+    z, log_q = net.posterior(x).rsample(None, torch.Generator().manual_seed(1))  # the same draws
+    torch.testing.assert_close(parts.z["z1"], z["z1"])
+    mu, logvar = net.encoders[1](z["z1"]).chunk(2, dim=-1)
+    torch.testing.assert_close(parts.kl_parts["z2"], kl_per_dimension(mu, logvar).sum(1, True))
+    log_p = net.prior().log_prob(z)  # z1's group: Monte Carlo from the same draws
+    torch.testing.assert_close(parts.kl_parts["z1"], (log_q["z1"] - log_p["z1"]).unsqueeze(1))
+    assert not parts.closed_form  # one group is estimated
+    # unbiased: the mean over many draws is the Monte Carlo KL's of the plain HVAE
+    plain = HVAE(**TINY, hidden_dims=[[8], [8]], latent_dim=[2, 2]).double()
+    plain.load_state_dict(net.state_dict())
+    many = net.elbo(x, k=100_000, generator=torch.Generator().manual_seed(2))
+    mc = plain.elbo(x, k=100_000, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(many.kl, mc.kl, atol=0.02, rtol=0)

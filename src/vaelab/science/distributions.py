@@ -24,7 +24,7 @@ tests check these.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -140,11 +140,20 @@ class StandardNormalPrior:
         return {g: draw_normal((n, d), self.like, generator) for g, d in self.sizes.items()}
 
 
-# (posterior type, prior type) -> (fn(q, p) -> KL per group, whether per latent dimension)
-_EXACT_KLS: dict[tuple[type, type], tuple[Callable[[Any, Any], Latents | None], bool]] = {}
+class KLRegistration(NamedTuple):
+    """An exact KL registered for a (posterior type, prior type) pair (``register_kl``)."""
+
+    fn: Callable[..., Latents | None]
+    per_dimension: bool
+    given_draws: bool
 
 
-def register_kl(posterior_type: type, prior_type: type, per_dimension: bool = True):
+_EXACT_KLS: dict[tuple[type, type], KLRegistration] = {}
+
+
+def register_kl(
+    posterior_type: type, prior_type: type, per_dimension: bool = True, given_draws: bool = False
+):
     """Decorator that registers ``fn(q, p)`` as the exact KL(q || p) of a posterior of
     ``posterior_type`` and a prior of ``prior_type`` (or subclasses: the most specific
     registration wins, as in ``torch.distributions.kl.register_kl``). ``fn`` returns
@@ -156,26 +165,39 @@ def register_kl(posterior_type: type, prior_type: type, per_dimension: bool = Tr
         @register_kl(HouseholderPosterior, StandardNormalPrior)
         def _(q, p):  # a rotation keeps N(0, I): the base Gaussian's KL
             return {q.group: kl_per_dimension(q.base.mu, q.base.logvar)}
-    """
 
-    def register(fn: Callable[[Any, Any], Latents | None]):
-        _EXACT_KLS[(posterior_type, prior_type)] = (fn, per_dimension)
+    ``given_draws``: ``fn(q, p, z)`` also receives the ELBO's draws z (groups [B, D_g], or
+    [B, k, D_g] with k draws, over which it averages) and returns the KL of each group that
+    is exact given the draws of the groups it is conditioned on, e.g. a hierarchy's
+    KL(q(z_l | z_above, x) || p(z_l | z_above)) at the drawn z_above. The groups it leaves
+    out are estimated by Monte Carlo from the same draws."""
+
+    def register(fn: Callable[..., Latents | None]):
+        _EXACT_KLS[(posterior_type, prior_type)] = KLRegistration(fn, per_dimension, given_draws)
         return fn
 
     return register
 
 
-def exact_kl(q, p) -> tuple[Latents, bool] | None:
-    """(KL(q || p) by the most specific registration for the types of q and p, whether it is
-    per latent dimension), or None where none is registered or it declines."""
+def kl_registration(q, p) -> KLRegistration | None:
+    """The most specific registration for the types of q and p, or None."""
     for q_type in type(q).__mro__:
         for p_type in type(p).__mro__:
             entry = _EXACT_KLS.get((q_type, p_type))
             if entry is not None:
-                fn, per_dimension = entry
-                value = fn(q, p)
-                return None if value is None else (value, per_dimension)
+                return entry
     return None
+
+
+def exact_kl(q, p) -> tuple[Latents, bool] | None:
+    """(KL(q || p) by the most specific registration for the types of q and p, whether it is
+    per latent dimension), or None where none is registered, it declines, or it needs the
+    draws (``given_draws``: the ELBO calls it with them)."""
+    entry = kl_registration(q, p)
+    if entry is None or entry.given_draws:
+        return None
+    value = entry.fn(q, p)
+    return None if value is None else (value, entry.per_dimension)
 
 
 @register_kl(GaussianPosterior, StandardNormalPrior)

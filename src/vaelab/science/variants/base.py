@@ -25,7 +25,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from vaelab.science.distributions import Latents, closed_form_kl, exact_kl, flatten, total
+from vaelab.science.distributions import (
+    Latents,
+    closed_form_kl,
+    flatten,
+    kl_registration,
+    total,
+)
 
 
 class ElboParts(NamedTuple):
@@ -132,7 +138,19 @@ class LatentVariableModel(nn.Module):
         instead of drawing (an objective that needs log q shares its draws with the ELBO)."""
         q = self.posterior(x) if q is None else q
         p = self.prior() if p is None else p
-        exact = exact_kl(q, p)
+        entry = kl_registration(q, p)
+        if entry is not None and entry.given_draws:  # exact given the draws of other groups
+            z, log_q = draws if draws is not None else q.rsample(k, generator)
+            known = entry.fn(q, p, z) or {}
+            missing = {g: v for g, v in log_q.items() if g not in known}
+            estimated = self.monte_carlo_kl(p, z, missing) if missing else {}
+            parts = {g: known[g] if g in known else estimated[g] for g in log_q}
+            log_px = self.log_px_given_z(z, x)
+            recon = -(log_px if next(iter(z.values())).dim() == 2 else log_px.mean(1))
+            kl = total({g: v.sum(1) for g, v in parts.items()})
+            return ElboParts(recon, kl, parts, entry.per_dimension and not missing, q, z)
+        value = entry.fn(q, p) if entry is not None else None
+        exact = None if value is None else (value, entry.per_dimension)
         closed = exact is not None and exact[1]  # the KL per latent dimension is known
         if draws is not None:
             z, log_q = draws
