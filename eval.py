@@ -12,12 +12,13 @@ from omegaconf import DictConfig
 import vaelab.runs  # noqa: F401  (registers the ${vaelab_root:} resolver used by configs/paths)
 from vaelab.errors import VaelabError
 from vaelab.runs.cli import print_error, run_or_exit
-from vaelab.runs.evaluate import evaluate
 from vaelab.runs.preflight import check_command
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from vaelab.runs.evaluate import evaluate  # the model stack: not for --help or a refusal
+
     run_or_exit(evaluate, cfg)
 
 

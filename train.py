@@ -17,7 +17,6 @@ from vaelab.runs.cli import print_error
 from vaelab.runs.preflight import check_command
 from vaelab.runs.resume import discard_refused_run, resume_argv, resume_command
 from vaelab.runs.sweep import failed_jobs, record_failed_job
-from vaelab.runs.train import train
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,8 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the best val/loss, so Hydra sweepers can minimise it."""
+    from vaelab.runs.train import train  # the training stack: not for --help or a refusal
+
     try:
         return train(cfg)["val/loss"]
     except TrainingInterrupted as stop:

@@ -73,3 +73,26 @@ def test_help_says_where_the_docs_are(helps, name):
     pages = re.findall(r"docs/[\w-]+\.md", helps[name])
     assert pages and all((ROOT / page).is_file() for page in pages), pages
     assert helps[name].index("docs/") < helps[name].index("== The config")
+
+
+IMPORTED = """
+import runpy, sys
+sys.argv = [{script!r}, "--help"]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit:
+    pass
+print("imported:", sorted(m for m in ("torch", "lightning", "matplotlib") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("name", list(OPENING))
+def test_help_imports_neither_torch_nor_lightning(name):
+    """--help composes the config and prints it: the training stack is not imported (about
+    a second instead of several; docs/speed.md)."""
+    code = IMPORTED.format(script=str(ROOT / f"{name}.py"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "imported: []"

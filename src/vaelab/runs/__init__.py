@@ -11,9 +11,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vaelab.runs.resume import job_log, job_record
-from vaelab.runs.tensorboard import tensorboard_dir
-
 
 def project_root() -> str:
     """The repository root when vaelab is installed from a checkout (``pip install -e .``),
@@ -29,6 +26,27 @@ def group_options(group: str) -> str:
     separated: what a help text lists, read from the folder (``${vaelab_options:data}``)."""
     folder = Path(project_root()) / "configs" / group
     return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+
+
+def tensorboard_dir(*args):
+    """``vaelab.runs.tensorboard.tensorboard_dir``, imported when a config resolves it."""
+    from vaelab.runs.tensorboard import tensorboard_dir as resolve
+
+    return resolve(*args)
+
+
+def job_record(*args):
+    """``vaelab.runs.resume.job_record``, imported when a config resolves it."""
+    from vaelab.runs.resume import job_record as resolve
+
+    return resolve(*args)
+
+
+def job_log(*args):
+    """``vaelab.runs.resume.job_log``, imported when a config resolves it."""
+    from vaelab.runs.resume import job_log as resolve
+
+    return resolve(*args)
 
 
 if not OmegaConf.has_resolver("vaelab_options"):

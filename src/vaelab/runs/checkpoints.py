@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.errors import VaelabError
 from vaelab.lit.checkpoint_io import remove_stale_temporaries
 from vaelab.lit.module import DEFAULT_NET, VAELitModule, build_net_for_shapes, module_arguments
+from vaelab.runs.run_dirs import CHECKPOINT_DIR, run_dir_of
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
+
 # VAELitModule's own arguments; the others are the network's (``net`` and its arguments)
 MODULE_ARGUMENTS = frozenset(module_arguments(VAELitModule))
 DEFAULT_MODULE = "vaelab.lit.module.VAELitModule"
@@ -184,15 +185,6 @@ def check_architecture(
         log.warning(
             "Resuming with model.%s=%s (the checkpoint was trained with %s)", name, now, before
         )
-
-
-def run_dir_of(checkpoint: str | Path) -> Path | None:
-    """The run dir that holds ``checkpoint`` in its ``checkpoints/`` folder, else None."""
-    path = Path(checkpoint).expanduser().resolve()
-    run_dir = path.parent.parent
-    if path.parent.name == CHECKPOINT_DIR and (run_dir / ".hydra").is_dir():
-        return run_dir
-    return None
 
 
 def last_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:

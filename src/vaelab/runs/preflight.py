@@ -31,8 +31,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import VaelabError
-from vaelab.runs.checkpoints import CHECKPOINT_DIR, run_dir_of
-from vaelab.runs.config_checks import check_config
+from vaelab.runs.run_dirs import CHECKPOINT_DIR, run_dir_of
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
@@ -166,6 +165,8 @@ def check_command(argv: list[str], config_dir: Path, config_name: str = "train")
         return  # a job with a bad value fails alone, listed in the sweep's summary
     if config_name != "train":
         return
+    from vaelab.runs.config_checks import check_config  # (imports the configured classes)
+
     check_config(cfg)
     try:
         run_dir = Path(str(cfg.hydra.run.dir)).expanduser()

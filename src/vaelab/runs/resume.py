@@ -27,7 +27,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from vaelab.errors import VaelabError
-from vaelab.runs.checkpoints import run_dir_of
+from vaelab.runs.run_dirs import run_dir_of
 
 RESUME_KEYS = ("resume", "ckpt_path")
 SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into every sweep dir

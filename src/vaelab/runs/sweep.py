@@ -18,9 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from vaelab.evaluation.plotting import save_figure, sweep_figure
-from vaelab.runs.checkpoints import CHECKPOINT_DIR
-from vaelab.runs.tensorboard import write_sweep_experiment
+from vaelab.runs.run_dirs import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +170,8 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    from vaelab.evaluation.plotting import save_figure, sweep_figure  # (matplotlib, torch)
+
     save_figure(sweep_figure(rows, params, METRICS[:3]), sweep_dir / "summary.png")
     log.info("Sweep summary written to %s", sweep_dir / "summary.md")
     return rows
@@ -184,6 +184,8 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
         if rows:
+            from vaelab.runs.tensorboard import write_sweep_experiment  # (TensorBoard)
+
             write_sweep_experiment(sweep_dir, swept_params(rows))
         failed = [r for r in rows if r["status"] == "failed"]
         _last_failures[:] = (
