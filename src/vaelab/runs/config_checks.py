@@ -292,6 +292,26 @@ def argument_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def arguments_problems(
+    cfg: DictConfig, kind: str, name: str, accepted: list[str], example: str
+) -> list[str]:
+    """``model.<kind>_args`` of the ``kind`` (objective, likelihood) called ``name``: a
+    mapping whose keys are among the constructor's ``accepted`` arguments; one line each."""
+    key = f"model.{kind}_args"
+    given = plain(OmegaConf.select(cfg, key, default=None)) or {}
+    if not isinstance(given, dict):
+        return [
+            f"{key}={format_value(given)} must be a mapping of the {kind}'s arguments, "
+            f"e.g. {{{example}}}"
+        ]
+    return [
+        f"{key}.{argument}: {kind} {name!r} has no argument {argument!r} (its arguments: "
+        f"{', '.join(accepted) or 'none'})"
+        for argument in given
+        if argument not in accepted
+    ]
+
+
 def objective_problems(cfg: DictConfig) -> list[str]:
     """``model.objective``: a name registered in ``vaelab.science.objectives`` (or the dotted
     path of an objective class), and ``model.objective_args`` that its constructor takes."""
@@ -309,19 +329,7 @@ def objective_problems(cfg: DictConfig) -> list[str]:
         cls = get_objective(name)
     except VaelabError as err:
         return [str(err)]
-    given = plain(OmegaConf.select(cfg, "model.objective_args", default=None)) or {}
-    if not isinstance(given, dict):
-        return [
-            f"model.objective_args={format_value(given)} must be a mapping of the "
-            "objective's arguments, e.g. {tc_weight: 4}"
-        ]
-    accepted = objective_arguments(cls)
-    return [
-        f"model.objective_args.{key}: objective {name!r} has no argument {key!r} (its "
-        f"arguments: {', '.join(accepted) or 'none'})"
-        for key in given
-        if key not in accepted
-    ]
+    return arguments_problems(cfg, "objective", name, objective_arguments(cls), "tc_weight: 4")
 
 
 def likelihood_problems(cfg: DictConfig) -> list[str]:
@@ -330,21 +338,10 @@ def likelihood_problems(cfg: DictConfig) -> list[str]:
     from vaelab.science.likelihoods import LIKELIHOODS, likelihood_arguments
 
     name = OmegaConf.select(cfg, "model.likelihood", default=None)
-    given = plain(OmegaConf.select(cfg, "model.likelihood_args", default=None)) or {}
     if name not in LIKELIHOODS:
         return []
-    if not isinstance(given, dict):
-        return [
-            f"model.likelihood_args={format_value(given)} must be a mapping of the "
-            "likelihood's arguments, e.g. {per_pixel: false}"
-        ]
     accepted = likelihood_arguments(LIKELIHOODS[name])
-    return [
-        f"model.likelihood_args.{key}: likelihood {name!r} has no argument {key!r} (its "
-        f"arguments: {', '.join(accepted) or 'none'})"
-        for key in given
-        if key not in accepted
-    ]
+    return arguments_problems(cfg, "likelihood", name, accepted, "per_pixel: false")
 
 
 def architecture_problems(cfg: DictConfig) -> list[str]:

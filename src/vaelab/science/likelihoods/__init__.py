@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
+from vaelab.science.registry import registration
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
@@ -28,17 +29,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {}
 def register_likelihood(name: str):
     """Class decorator: ``model.likelihood=<name>`` builds this class."""
 
-    def register(cls: type[Likelihood]) -> type[Likelihood]:
-        if name in LIKELIHOODS and LIKELIHOODS[name] is not cls:
-            raise VaelabError(
-                f"likelihood {name!r} is registered twice ({LIKELIHOODS[name].__module__} and "
-                f"{cls.__module__}); give one of them another name"
-            )
-        cls.name = name
-        LIKELIHOODS[name] = cls
-        return cls
-
-    return register
+    return registration(LIKELIHOODS, "likelihood", name)
 
 
 class Likelihood(nn.Module):

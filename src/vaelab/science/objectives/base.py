@@ -32,6 +32,7 @@ from torch import Tensor
 from vaelab.errors import VaelabError
 from vaelab.science.bounds import ElboTerms
 from vaelab.science.distributions import Latents
+from vaelab.science.registry import registration
 
 
 class ObjectiveOutput(NamedTuple):
@@ -114,17 +115,7 @@ OBJECTIVES: dict[str, type[Objective]] = {}
 def register_objective(name: str):
     """Class decorator: ``model.objective=<name>`` builds this class."""
 
-    def register(cls: type[Objective]) -> type[Objective]:
-        if name in OBJECTIVES and OBJECTIVES[name] is not cls:
-            raise VaelabError(
-                f"objective {name!r} is registered twice ({OBJECTIVES[name].__module__} and "
-                f"{cls.__module__}); give one of them another name"
-            )
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-
-    return register
+    return registration(OBJECTIVES, "objective", name)
 
 
 def get_objective(name: str) -> type[Objective]:
