@@ -22,3 +22,14 @@ def registration(registry: dict[str, type], kind: str, name: str) -> Callable[[t
         return cls
 
     return register
+
+
+def refuse_unknown_arguments(kind: str, name: str, given, accepted: list[str]) -> None:
+    """One VaelabError naming the first of ``given`` that the ``kind`` (objective,
+    likelihood) called ``name`` does not take (``model.<kind>_args.<argument>``)."""
+    unknown = [a for a in given if a not in accepted]
+    if unknown:
+        raise VaelabError(
+            f"model.{kind}_args.{unknown[0]}: {kind} {name!r} has no argument "
+            f"{unknown[0]!r} (its arguments: {', '.join(accepted) or 'none'})"
+        )

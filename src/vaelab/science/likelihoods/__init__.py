@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
-from vaelab.science.registry import registration
+from vaelab.science.registry import refuse_unknown_arguments, registration
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
@@ -191,13 +191,7 @@ def get_likelihood(
     if name not in LIKELIHOODS:
         raise VaelabError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}")
     cls, arguments = LIKELIHOODS[name], dict(arguments or {})
-    accepted = likelihood_arguments(cls)
-    unknown = [a for a in arguments if a not in accepted]
-    if unknown:
-        raise VaelabError(
-            f"model.likelihood_args.{unknown[0]}: likelihood {name!r} has no argument "
-            f"{unknown[0]!r} (its arguments: {', '.join(accepted) or 'none'})"
-        )
+    refuse_unknown_arguments("likelihood", name, arguments, likelihood_arguments(cls))
     return cls(input_shape=input_shape, **arguments)
 
 

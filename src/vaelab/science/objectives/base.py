@@ -32,7 +32,7 @@ from torch import Tensor
 from vaelab.errors import VaelabError
 from vaelab.science.bounds import ElboTerms
 from vaelab.science.distributions import Latents
-from vaelab.science.registry import registration
+from vaelab.science.registry import refuse_unknown_arguments, registration
 
 
 class ObjectiveOutput(NamedTuple):
@@ -154,12 +154,7 @@ def build_objective(
     cls = get_objective(name)
     arguments = dict(arguments or {})
     accepted = objective_arguments(cls)
-    unknown = [a for a in arguments if a not in accepted]
-    if unknown:
-        raise VaelabError(
-            f"model.objective_args.{unknown[0]}: objective {name!r} has no argument "
-            f"{unknown[0]!r} (its arguments: {', '.join(accepted) or 'none'})"
-        )
+    refuse_unknown_arguments("objective", name, arguments, accepted)
     for argument in accepted:
         if argument not in arguments and argument in model_values:
             arguments[argument] = model_values[argument]
